@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint format bench clean
+
+install: $(VENV)/.installed
+
+# torch is installed first, on its own, so pip takes the CPU build on disk instead of a CUDA one.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/greenroom serve
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
