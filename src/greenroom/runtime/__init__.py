@@ -1,0 +1,1 @@
+"""Runtime: where replicas run (local processes or Ray Serve) and how they are reconciled."""
