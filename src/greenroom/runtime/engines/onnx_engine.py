@@ -65,7 +65,13 @@ def ensure_onnx_model(options: EngineOptions) -> Path:
 
 
 def _export_in_child(model_path: Path, output: Path) -> None:
-    command = [sys.executable, "-m", "greenroom.runtime.engines.export", str(model_path), str(output)]
+    command = [
+        sys.executable,
+        "-m",
+        "greenroom.runtime.engines.export",
+        str(model_path),
+        str(output),
+    ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, env=os.environ.copy()
     )

@@ -1,0 +1,106 @@
+"""The runtime backend interface: the one seam between greenroom and where replicas run.
+
+A backend makes a revision's replicas real, reports them (state and endpoint) and stops them. The
+local backend runs replica processes on this machine; the Ray backend runs Ray Serve applications.
+Every backend passes `tests/runtime/conformance.py` unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"  # process launched, model loading and warming up
+    READY = "ready"  # has embedded its warm-up batch and answers health checks
+    BACKOFF = "backoff"  # crashed or unhealthy; waits before the next start
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+    def is_ready(self) -> bool:
+        return self is ReplicaState.READY
+
+
+@dataclass(frozen=True)
+class RevisionSpec:
+    """What a revision runs: the model, the engine and how many replicas."""
+
+    revision_id: str
+    model_path: Path
+    content_hash: str
+    engine: str = "onnx"
+    quantization: str = "none"
+    replicas: int = 1
+    threads: int = 1
+    gpu: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica as the backend sees it now."""
+
+    replica_id: str
+    revision_id: str
+    state: ReplicaState
+    host: str | None = None
+    port: int | None = None
+    restarts: int = 0
+    message: str = ""
+    pid: int | None = None
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        if self.state.is_ready() and self.host and self.port:
+            return self.host, self.port
+        return None
+
+
+ChangeListener = Callable[[str], None]
+
+
+class RuntimeBackend(ABC):
+    """Start, report and stop the replicas of revisions."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._listeners: list[ChangeListener] = []
+
+    @abstractmethod
+    async def start_revision(self, spec: RevisionSpec) -> None:
+        """Ask for `spec.replicas` replicas of the revision; idempotent for the same spec."""
+
+    @abstractmethod
+    async def stop_revision(self, revision_id: str) -> None:
+        """Stop every replica of the revision (gracefully, then forced) and forget it.
+
+        The caller drains first: nothing may be in flight to the revision any more.
+        """
+
+    @abstractmethod
+    def replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        """The revision's replicas now; empty for an unknown revision."""
+
+    @abstractmethod
+    def revisions(self) -> list[str]:
+        """Ids of the revisions this backend runs."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop everything this backend started in this process."""
+
+    def ready_replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        return [r for r in self.replicas(revision_id) if r.state.is_ready()]
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call `listener(revision_id)` whenever a replica of that revision changes state."""
+        self._listeners.append(listener)
+
+    def _notify(self, revision_id: str) -> None:
+        for listener in list(self._listeners):
+            listener(revision_id)

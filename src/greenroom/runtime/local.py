@@ -1,0 +1,221 @@
+"""The local runtime: replica processes on this machine, owned by the supervisor.
+
+The supervisor lives in the `greenroom serve` process. Each replica slot is one asyncio task that
+starts the replica process, waits for its ready line, health-checks it (a real embed) and restarts
+it with exponential back-off when it exits or stops answering. Replicas bind loopback only and die
+with this process (parent-death signal), so a killed server leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from greenroom.config import Settings
+from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.protocol import ReplicaClient
+
+log = logging.getLogger("greenroom.runtime.local")
+LOOPBACK = "127.0.0.1"
+HEALTHY_RESETS_BACKOFF_S = 30.0
+
+
+class ReplicaSlot:
+    """Keeps one replica of a revision running until stopped."""
+
+    def __init__(self, runtime: LocalRuntime, spec: RevisionSpec, index: int) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.status = ReplicaStatus(
+            replica_id=f"{spec.revision_id}-{index}",
+            revision_id=spec.revision_id,
+            state=ReplicaState.STARTING,
+        )
+        self.process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"replica {self.status.replica_id}")
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    def _set(self, **changes: object) -> None:
+        self.status = replace(self.status, **changes)  # type: ignore[arg-type]
+        self.runtime._notify(self.spec.revision_id)
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            message = await self._run_once()
+            if self._stopping:
+                break
+            failures = 0 if loop.time() - started > HEALTHY_RESETS_BACKOFF_S else failures + 1
+            delay = min(
+                self.settings.replica_backoff_initial_s * 2 ** max(failures - 1, 0),
+                self.settings.replica_backoff_max_s,
+            )
+            log.warning(
+                "replica %s down (%s); restart in %.1fs", self.status.replica_id, message, delay
+            )
+            self._set(
+                state=ReplicaState.BACKOFF,
+                port=None,
+                pid=None,
+                restarts=self.status.restarts + 1,
+                message=message,
+            )
+            await asyncio.sleep(delay)
+        self._set(state=ReplicaState.STOPPED, port=None, pid=None)
+
+    async def _run_once(self) -> str:
+        """Start the process and watch it; returns why it went down."""
+        self._set(state=ReplicaState.STARTING, message="loading model")
+        self.process = await self._spawn()
+        try:
+            port = await asyncio.wait_for(
+                self._read_ready_port(), self.settings.replica_start_timeout_s
+            )
+        except (TimeoutError, ValueError) as exc:
+            await self._kill()
+            return f"did not become ready: {exc or 'timed out'}"
+        if port is None:
+            code = await self.process.wait()
+            return f"exited with code {code} while starting; see {self._log_path()}"
+        self._set(
+            state=ReplicaState.READY, host=LOOPBACK, port=port, pid=self.process.pid, message=""
+        )
+        return await self._watch(port)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        spec = self.spec
+        command = [
+            sys.executable, "-m", "greenroom.runtime.replica",
+            "--model-path", str(spec.model_path),
+            "--content-hash", spec.content_hash,
+            "--engine", spec.engine,
+            "--quantization", spec.quantization,
+            "--threads", str(spec.threads),
+            "--gpu", str(spec.gpu),
+            "--cache-dir", str(self.runtime.onnx_cache_dir),
+            "--host", LOOPBACK,
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        log_file = self._log_path().open("ab")
+        try:
+            return await asyncio.create_subprocess_exec(
+                *command,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", **spec.environment},
+            )
+        finally:
+            log_file.close()
+
+    def _log_path(self) -> Path:
+        return self.runtime.log_dir / f"replica-{self.status.replica_id}.log"
+
+    async def _read_ready_port(self) -> int | None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            with contextlib.suppress(ValueError):
+                event = orjson.loads(line)
+                if isinstance(event, dict) and event.get("event") == "ready":
+                    return int(event["port"])
+        return None
+
+    async def _watch(self, port: int) -> str:
+        """Wait for the process to exit or fail a health check."""
+        assert self.process is not None
+        exited = asyncio.create_task(self.process.wait())
+        client = ReplicaClient(LOOPBACK, port)
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {exited}, timeout=self.settings.replica_health_interval_s
+                )
+                if done:
+                    return f"exited with code {exited.result()}; see {self._log_path()}"
+                try:
+                    await asyncio.wait_for(client.health(), self.settings.replica_health_timeout_s)
+                except Exception as exc:  # any failure, a timeout included, is unhealthy
+                    if self._stopping:
+                        return "stopped"
+                    await self._kill()
+                    return f"failed its health check: {exc!r}"
+        finally:
+            exited.cancel()
+            await client.close()
+
+    async def stop(self) -> None:
+        """Graceful stop (SIGTERM), forced after the grace period."""
+        self._stopping = True
+        self._set(state=ReplicaState.STOPPING)
+        process = self.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.settings.replica_stop_grace_s)
+            except TimeoutError:
+                await self._kill()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.status = replace(self.status, state=ReplicaState.STOPPED, port=None, pid=None)
+
+    async def _kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+class LocalRuntime(RuntimeBackend):
+    """Replica processes on this machine, one slot task per replica."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        data_dir = settings.resolved_data_dir()
+        self.onnx_cache_dir = data_dir / "onnx"
+        self.log_dir = data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._specs: dict[str, RevisionSpec] = {}
+        self._slots: dict[str, list[ReplicaSlot]] = {}
+
+    async def start_revision(self, spec: RevisionSpec) -> None:
+        if self._specs.get(spec.revision_id) == spec:
+            return
+        if spec.revision_id in self._slots:
+            await self.stop_revision(spec.revision_id)
+        self._specs[spec.revision_id] = spec
+        self._slots[spec.revision_id] = [ReplicaSlot(self, spec, i) for i in range(spec.replicas)]
+        self._notify(spec.revision_id)
+
+    async def stop_revision(self, revision_id: str) -> None:
+        slots = self._slots.pop(revision_id, [])
+        self._specs.pop(revision_id, None)
+        await asyncio.gather(*(slot.stop() for slot in slots))
+        self._notify(revision_id)
+
+    def replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        return [slot.status for slot in self._slots.get(revision_id, [])]
+
+    def revisions(self) -> list[str]:
+        return list(self._slots)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop_revision(r) for r in list(self._slots)))
