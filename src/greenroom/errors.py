@@ -55,3 +55,7 @@ class BackendError(GreenroomError):
 
 class ModelSourceError(InvalidRequestError):
     """A model source cannot be resolved or read."""
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status_code = 413

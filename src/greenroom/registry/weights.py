@@ -21,6 +21,16 @@ POOLING_MODES = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
+# sentence-transformers >= 5.4 writes one `pooling_mode` key with these values.
+POOLING_MODE_NAMES = {
+    "cls": "cls",
+    "cls_token": "cls",
+    "mean": "mean",
+    "mean_tokens": "mean",
+    "max": "max",
+    "max_tokens": "max",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+}
 _HASH_CHUNK = 1 << 20
 
 
@@ -103,10 +113,15 @@ def inspect_model(path: Path) -> ModelInfo:
         raise ModelSourceError(f"Model at {path} has no tokenizer.json (a fast tokenizer).")
     hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
     max_positions = int(config.get("max_position_embeddings", 512))
+    dimension = pooling_config.get("word_embedding_dimension") or pooling_config.get(
+        "embedding_dimension", hidden
+    )
     return ModelInfo(
         path=path,
-        dimension=int(pooling_config.get("word_embedding_dimension", hidden)),
-        max_seq_length=int(st_config.get("max_seq_length") or max_positions),
+        dimension=int(dimension),
+        max_seq_length=int(
+            st_config.get("max_seq_length") or _tokenizer_max_length(path, max_positions)
+        ),
         pooling=_pooling_mode(pooling_config),
         normalize=any(m.get("type", "").endswith(".Normalize") for m in modules),
         vocab_size=int(config["vocab_size"]),
@@ -114,9 +129,22 @@ def inspect_model(path: Path) -> ModelInfo:
     )
 
 
+def _tokenizer_max_length(path: Path, max_positions: int) -> int:
+    """sentence-transformers >= 5.4 keeps max_seq_length as the tokenizer's model_max_length,
+    capped at the model's position embeddings."""
+    config_file = path / "tokenizer_config.json"
+    tokenizer_config = _read_json(config_file) if config_file.is_file() else {}
+    model_max_length = tokenizer_config.get("model_max_length")
+    if isinstance(model_max_length, int) and model_max_length > 0:
+        return min(model_max_length, max_positions)
+    return max_positions
+
+
 def _pooling_mode(pooling_config: dict) -> str:
     if mode := pooling_config.get("pooling_mode"):
-        return "mean" if mode == "mean_tokens" else str(mode).removesuffix("_token")
+        if not isinstance(mode, str) or mode not in POOLING_MODE_NAMES:
+            raise ModelSourceError(f"Pooling mode {mode!r} is not supported.")
+        return POOLING_MODE_NAMES[mode]
     for key, mode in POOLING_MODES.items():
         if pooling_config.get(key):
             return mode

@@ -1,0 +1,101 @@
+"""Prometheus metrics, all named `greenroom_…`, on one registry per app.
+
+Counters and histograms are updated where things happen; gauges of current state (queue depth,
+replica readiness, restarts) are read from the router and the runtime at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from greenroom.runtime.base import RuntimeBackend
+    from greenroom.serving.router import Router
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "greenroom_embedding_requests",
+            "Embedding requests by served name and HTTP status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "greenroom_embedding_request_duration_seconds",
+            "Time to answer an embedding request, by served name.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inputs = Counter(
+            "greenroom_embedding_inputs",
+            "Inputs (sentences or token sequences) embedded, by served name.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "greenroom_embedding_tokens",
+            "Tokens fed to models, by served name.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "greenroom_batch_size",
+            "Inputs per batch sent to a replica, by served name.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_duration = Histogram(
+            "greenroom_batch_duration_seconds",
+            "Round trip of one batch to a replica, by served name.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch(self, router: Router, runtime: RuntimeBackend) -> None:
+        self.registry.register(_StateCollector(lambda: router, lambda: runtime))
+
+
+class _StateCollector(Collector):
+    def __init__(self, router: Callable[[], Router], runtime: Callable[[], RuntimeBackend]) -> None:
+        self._router, self._runtime = router, runtime
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "greenroom_queue_depth",
+            "Inputs waiting for a replica, by served name.",
+            labels=["model"],
+        )
+        for name, route in self._router().live_routes().items():
+            queue.add_metric([name], len(route.queue))
+        yield queue
+        ready = GaugeMetricFamily(
+            "greenroom_replica_ready",
+            "1 when a replica is ready, else 0.",
+            labels=["revision", "replica", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "greenroom_replica_restarts",
+            "Replica restarts after a crash or a failed health check.",
+            labels=["revision", "replica"],
+        )
+        runtime = self._runtime()
+        for revision_id in runtime.revisions():
+            for replica in runtime.replicas(revision_id):
+                labels = [revision_id, replica.replica_id]
+                ready.add_metric([*labels, replica.state.value], int(replica.state.is_ready()))
+                restarts.add_metric(labels, replica.restarts)
+        yield ready
+        yield restarts

@@ -1,0 +1,1 @@
+"""Serving: the router (live revision per served name, batching) and /v1/embeddings."""

@@ -1,0 +1,334 @@
+"""The router: per served name the live revision; tokenising, batching and dispatch to replicas.
+
+Each revision the router knows has its own queue and one worker task per ready replica; a worker
+pulls the next batch whenever its replica is free, so a request goes at once to an idle replica
+and requests that arrive while every replica is busy are packed into the next batches.
+`set_live` swaps the served name's pointer in one assignment: requests that arrive after it go to
+the new revision, while the old revision's queued and in-flight batches finish where they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from greenroom.config import Settings
+from greenroom.errors import (
+    BackendError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
+from greenroom.metrics import Metrics
+from greenroom.registry.weights import ModelInfo
+from greenroom.runtime.base import ReplicaStatus, RuntimeBackend
+from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
+from greenroom.serving.batching import BatchQueue
+from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
+
+log = logging.getLogger("greenroom.router")
+INLINE_TOKENIZE_MAX = 16  # larger inputs are tokenised off the event loop
+MAX_ATTEMPTS = 2  # a batch whose replica died is retried once on another replica
+
+
+@dataclass(frozen=True)
+class ServedRevision:
+    """What the router needs to serve one revision."""
+
+    revision_id: str
+    served_name: str
+    embedding_model_id: str
+    content_hash: str
+    info: ModelInfo
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_queue: int = 1024
+    allow_dimensions: bool = False
+
+    def embedding_space(self, dimension: int | None = None) -> str:
+        norm = "l2" if self.info.normalize or dimension else "none"
+        dim = dimension or self.info.dimension
+        return f"{self.embedding_model_id}@{self.content_hash[:12]}/{dim}/{norm}"
+
+
+@dataclass(eq=False)
+class RevisionRoute:
+    """A revision's queue, tokenizer and replica workers inside the router."""
+
+    revision: ServedRevision
+    tokenizer: Tokenizer
+    queue: BatchQueue
+    workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    broken: set[tuple[str, int]] = field(default_factory=set)  # endpoints that failed us
+    batches_in_flight: int = 0
+    live_since: float = 0.0
+    starvation_guard: asyncio.Task[None] | None = None
+
+    @property
+    def revision_id(self) -> str:
+        return self.revision.revision_id
+
+    def in_flight(self) -> int:
+        """Items queued plus batches sent: what a drain waits for."""
+        return len(self.queue) + self.batches_in_flight
+
+
+class Router:
+    def __init__(self, runtime: RuntimeBackend, metrics: Metrics, settings: Settings) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.settings = settings
+        self._routes: dict[str, RevisionRoute] = {}  # by revision id
+        self._live: dict[str, RevisionRoute] = {}  # by served name
+        runtime.subscribe(self._on_runtime_change)
+
+    # ----- the live-revision pointer -------------------------------------------------------
+    def add_revision(self, revision: ServedRevision) -> None:
+        """Prepare a revision (tokenizer, queue, workers for its ready replicas); idempotent."""
+        if revision.revision_id in self._routes:
+            return
+        tokenizer = Tokenizer.from_file(str(revision.info.tokenizer_file))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(revision.info.max_seq_length)
+        self._routes[revision.revision_id] = RevisionRoute(
+            revision=revision,
+            tokenizer=tokenizer,
+            queue=BatchQueue(
+                max_batch_size=revision.max_batch_size,
+                max_batch_tokens=revision.max_batch_tokens,
+                max_queue=revision.max_queue,
+            ),
+        )
+        self._sync_workers(revision.revision_id)
+
+    def set_live(self, served_name: str, revision_id: str) -> None:
+        """Make the revision live for the served name: one assignment, atomic for requests."""
+        route = self._routes[revision_id]
+        route.live_since = time.time()
+        self._live[served_name] = route
+
+    def remove(self, served_name: str) -> None:
+        """Stop serving the name: later requests for it get 404."""
+        self._live.pop(served_name, None)
+
+    def live(self, served_name: str) -> RevisionRoute | None:
+        return self._live.get(served_name)
+
+    def live_routes(self) -> dict[str, RevisionRoute]:
+        return dict(self._live)
+
+    def in_flight(self, revision_id: str) -> int:
+        route = self._routes.get(revision_id)
+        return route.in_flight() if route else 0
+
+    async def drop_revision(self, revision_id: str) -> None:
+        """Forget a revision that is no longer live (after its drain)."""
+        route = self._routes.pop(revision_id, None)
+        if route is None:
+            return
+        for name, live in list(self._live.items()):
+            if live is route:
+                del self._live[name]
+        await self._stop_workers(route, list(route.workers))
+        route.queue.fail_all(ServiceUnavailableError("The revision was withdrawn; retry."))
+
+    async def close(self) -> None:
+        for revision_id in list(self._routes):
+            await self.drop_revision(revision_id)
+
+    # ----- requests ------------------------------------------------------------------------
+    async def embed(
+        self,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+        *,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        route = self._live.get(served_name)
+        if route is None:
+            raise ModelNotFoundError(f"The model '{served_name}' does not exist.")
+        revision = route.revision
+        self._check_dimensions(revision, dimensions)
+        token_ids = await self._tokenize(route, inputs)
+        if not route.workers:
+            raise ServiceUnavailableError(
+                f"No ready replica for '{served_name}' right now; retry shortly."
+            )
+        loop = asyncio.get_running_loop()
+        ticket = RequestTicket()
+        items = [EmbeddingItem(ids, loop.create_future(), ticket) for ids in token_ids]
+        route.queue.put(items)
+        try:
+            vectors = np.stack(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            for item in items:
+                item.future.cancel()  # a client that left frees its queued items
+        if dimensions:
+            vectors = vectors[:, :dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return EmbeddingResult(
+            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+            prompt_tokens=sum(len(ids) for ids in token_ids),
+            embedding_space=revision.embedding_space(dimensions),
+        )
+
+    @staticmethod
+    def _check_dimensions(revision: ServedRevision, dimensions: int | None) -> None:
+        if dimensions is None:
+            return
+        if not revision.allow_dimensions:
+            raise InvalidRequestError(
+                f"The model '{revision.served_name}' does not support 'dimensions'; leave it out."
+            )
+        if not 1 <= dimensions <= revision.info.dimension:
+            raise InvalidRequestError(
+                f"'dimensions' must be between 1 and {revision.info.dimension}."
+            )
+
+    async def _tokenize(
+        self, route: RevisionRoute, inputs: list[str] | list[list[int]]
+    ) -> list[np.ndarray]:
+        if isinstance(inputs[0], str):
+            tokenizer = route.tokenizer
+            encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+            if len(inputs) <= INLINE_TOKENIZE_MAX:
+                encodings = encode(inputs)
+            else:
+                encodings = await asyncio.to_thread(encode, inputs)
+            return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        info = route.revision.info
+        token_ids = []
+        for ids in inputs:
+            array = np.asarray(ids[: info.max_seq_length], dtype=np.int64)
+            if array.min() < 0 or array.max() >= info.vocab_size:
+                raise InvalidRequestError(
+                    f"Token ids must lie in [0, {info.vocab_size}) for this model."
+                )
+            token_ids.append(array)
+        return token_ids
+
+    # ----- replica workers -----------------------------------------------------------------
+    def _on_runtime_change(self, revision_id: str) -> None:
+        if revision_id in self._routes:
+            self._sync_workers(revision_id)
+
+    def _sync_workers(self, revision_id: str) -> None:
+        """One worker per ready replica the runtime reports; none for the others."""
+        route = self._routes[revision_id]
+        replicas = {r.replica_id: r for r in self.runtime.replicas(revision_id)}
+        ready = {rid: r for rid, r in replicas.items() if r.endpoint is not None}
+        not_ready = {r.endpoint for r in replicas.values()}
+        route.broken &= {e for e in not_ready if e is not None}  # a restart clears the mark
+        stale = [key for key in route.workers if key not in self._worker_keys(ready)]
+        if stale:
+            asyncio.get_running_loop().create_task(self._stop_workers(route, stale))
+        for replica in ready.values():
+            key = self._worker_key(replica)
+            if key not in route.workers and replica.endpoint not in route.broken:
+                route.workers[key] = asyncio.get_running_loop().create_task(
+                    self._work(route, key, replica), name=f"router worker {key}"
+                )
+        self._guard_starvation(route)
+
+    @staticmethod
+    def _worker_key(replica: ReplicaStatus) -> str:
+        return f"{replica.replica_id}@{replica.port}"
+
+    def _worker_keys(self, ready: dict[str, ReplicaStatus]) -> set[str]:
+        return {self._worker_key(r) for r in ready.values()}
+
+    async def _stop_workers(self, route: RevisionRoute, keys: list[str]) -> None:
+        tasks = [route.workers.pop(key) for key in keys if key in route.workers]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _work(self, route: RevisionRoute, key: str, replica: ReplicaStatus) -> None:
+        assert replica.host is not None and replica.port is not None
+        client = ReplicaClient(replica.host, replica.port)
+        served_name = route.revision.served_name
+        try:
+            while True:
+                batch = await route.queue.get_batch()
+                route.batches_in_flight += 1
+                try:
+                    await self._run_batch(route, client, batch, served_name)
+                except ReplicaConnectionError as exc:
+                    log.warning("replica %s failed mid-batch: %s", key, exc)
+                    route.broken.add((replica.host, replica.port))
+                    self._retry_or_fail(route, batch, exc)
+                    return
+                except asyncio.CancelledError:
+                    route.queue.put_front([i for i in batch if not i.future.done()])
+                    raise
+                finally:
+                    route.batches_in_flight -= 1
+        finally:
+            if route.workers.get(key) is asyncio.current_task():
+                del route.workers[key]
+                self._guard_starvation(route)
+            await client.close()
+
+    async def _run_batch(
+        self, route: RevisionRoute, client: ReplicaClient, batch: list[EmbeddingItem], name: str
+    ) -> None:
+        lengths = np.fromiter((item.length for item in batch), dtype=np.int64, count=len(batch))
+        flat_ids = np.concatenate([item.token_ids for item in batch])
+        started = time.perf_counter()
+        try:
+            vectors = await client.embed(lengths, flat_ids)
+        except ReplicaConnectionError:
+            raise
+        except BackendError as exc:  # the replica answered with an error: not worth a retry
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.metrics.batch_size.labels(name).observe(len(batch))
+        self.metrics.batch_duration.labels(name).observe(time.perf_counter() - started)
+        for item, vector in zip(batch, vectors, strict=True):
+            if not item.future.done():
+                item.future.set_result(vector)
+
+    def _retry_or_fail(
+        self, route: RevisionRoute, batch: list[EmbeddingItem], exc: Exception
+    ) -> None:
+        retry = []
+        for item in batch:
+            if item.future.done():
+                continue
+            item.attempts += 1
+            if item.attempts < MAX_ATTEMPTS:
+                retry.append(item)
+            else:
+                item.future.set_exception(
+                    ServiceUnavailableError(f"Replicas failed twice for this input: {exc}")
+                )
+        route.queue.put_front(retry)
+
+    def _guard_starvation(self, route: RevisionRoute) -> None:
+        """With no worker left, queued items wait a bounded time for a replica, then get 503."""
+        if route.workers or route.starvation_guard is not None:
+            return
+
+        async def guard() -> None:
+            try:
+                await asyncio.sleep(self.settings.replica_wait_s)
+                if not route.workers:
+                    route.queue.fail_all(
+                        ServiceUnavailableError(
+                            f"No ready replica for '{route.revision.served_name}'; retry shortly."
+                        )
+                    )
+            finally:
+                route.starvation_guard = None
+
+        route.starvation_guard = asyncio.get_running_loop().create_task(guard())

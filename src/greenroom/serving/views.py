@@ -1,0 +1,147 @@
+"""`POST /v1/embeddings` and `GET /v1/models`, OpenAI compatible; errors in OpenAI's envelope."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from greenroom.errors import GreenroomError, ModelNotFoundError, PayloadTooLargeError
+from greenroom.metrics import Metrics
+from greenroom.serving.items import EmbeddingResult
+from greenroom.serving.router import Router
+from greenroom.serving.schemas import EmbeddingRequest, parse_embedding_request
+
+api_router = APIRouter(tags=["embeddings"])
+
+OPENAI_PATH_PREFIXES = ("/v1/embeddings", "/v1/models")
+EMBEDDING_SPACE_HEADER = "x-embedding-space"
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def get_router(request: Request) -> Router:
+    return request.app.state.router
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+RouterDep = Annotated[Router, Depends(get_router)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+@api_router.post(
+    "/v1/embeddings",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_embeddings(request: Request, router: RouterDep, metrics: MetricsDep) -> Response:
+    """Embed strings or token-id lists with the live revision of a served name."""
+    started = time.perf_counter()
+    label = "unknown"
+    try:
+        body = await read_body(request, request.app.state.settings.max_request_bytes)
+        payload = parse_embedding_request(
+            body, max_items=request.app.state.settings.max_input_items
+        )
+        label = payload.model
+        result = await router.embed(payload.model, payload.inputs(), dimensions=payload.dimensions)
+    except GreenroomError as exc:
+        if isinstance(exc, ModelNotFoundError):
+            label = "unknown"  # unknown names must not grow label sets
+        metrics.requests.labels(label, str(exc.status_code)).inc()
+        raise
+    metrics.requests.labels(label, "200").inc()
+    metrics.inputs.labels(label).inc(len(result.vectors))
+    metrics.tokens.labels(label).inc(result.prompt_tokens)
+    metrics.request_duration.labels(label).observe(time.perf_counter() - started)
+    return Response(
+        content=render_embeddings(payload, result),
+        media_type="application/json",
+        headers={EMBEDDING_SPACE_HEADER: result.embedding_space},
+    )
+
+
+@api_router.get("/v1/models")
+async def list_models(router: RouterDep) -> JSONResponse:
+    """The served names that are live now."""
+    data = [
+        {"id": name, "object": "model", "created": int(route.live_since), "owned_by": "greenroom"}
+        for name, route in sorted(router.live_routes().items())
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"The request body is over the {limit // (1024 * 1024)} MiB limit."
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"The request body is over the {limit // (1024 * 1024)} MiB limit."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def render_embeddings(request: EmbeddingRequest, result: EmbeddingResult) -> bytes:
+    if request.encoding_format == "base64":
+        vectors: list[object] = [
+            base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode()
+            for vector in result.vectors
+        ]
+    else:
+        vectors = list(result.vectors)
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(vectors)
+            ],
+            "model": request.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PATH_PREFIXES)
+
+
+def openai_error(
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    error_type = _OPENAI_TYPES.get(status_code, "server_error")
+    return JSONResponse(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
+        status_code=status_code,
+        headers=headers,
+    )
