@@ -90,7 +90,8 @@ class ReplicaSlot:
             return f"did not become ready: {exc or 'timed out'}"
         if port is None:
             code = await self.process.wait()
-            return f"exited with code {code} while starting; see {self._log_path()}"
+            reason = self._last_log_line()
+            return f"exited with code {code} while starting: {reason}; see {self._log_path()}"
         self._set(
             state=ReplicaState.READY, host=LOOPBACK, port=port, pid=self.process.pid, message=""
         )
@@ -124,6 +125,14 @@ class ReplicaSlot:
 
     def _log_path(self) -> Path:
         return self.runtime.log_dir / f"replica-{self.status.replica_id}.log"
+
+    def _last_log_line(self) -> str:
+        """The replica's last words (usually the exception that stopped it)."""
+        try:
+            lines = self._log_path().read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1][-500:] if lines else "no output"
 
     async def _read_ready_port(self) -> int | None:
         assert self.process is not None and self.process.stdout is not None

@@ -88,23 +88,29 @@ class BatchQueue:
         return batch
 
     def _choose(self, window: list[EmbeddingItem]) -> set[int]:
-        """Indices of a batch of similar lengths that contains the oldest item (index 0)."""
+        """Indices of a batch that contains the oldest item (index 0) and grows, one neighbour in
+        length order at a time, towards whichever side adds the fewest padding tokens."""
         order = sorted(range(len(window)), key=lambda i: window[i].length)
-        oldest = order.index(0)
-        start, end = oldest, oldest + 1  # a slice of `order`
+        start = order.index(0)
+        end = start + 1  # the batch is order[start:end]
         longest = window[0].length
-        while (
-            end - start < self.max_batch_size
-            and start > 0
-            and (end - start + 1) * longest <= self.max_batch_tokens
-        ):
-            start -= 1
-        while (
-            end - start < self.max_batch_size
-            and end < len(order)
-            and (end - start + 1) * window[order[end]].length <= self.max_batch_tokens
-        ):
-            end += 1
+        while end - start < self.max_batch_size:
+            count = end - start
+            options = []
+            if start > 0 and (count + 1) * longest <= self.max_batch_tokens:
+                options.append((longest - window[order[start - 1]].length, -1))
+            if end < len(order):
+                right = window[order[end]].length
+                if (count + 1) * right <= self.max_batch_tokens:
+                    options.append((count * (right - longest), 1))
+            if not options:
+                break
+            _, side = min(options)
+            if side < 0:
+                start -= 1
+            else:
+                longest = window[order[end]].length
+                end += 1
         return set(order[start:end])
 
     def fail_all(self, error: GreenroomError) -> None:

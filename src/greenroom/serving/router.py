@@ -250,6 +250,8 @@ class Router:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if route.revision_id in self._routes:
+            self._guard_starvation(route)
 
     async def _work(self, route: RevisionRoute, key: str, replica: ReplicaStatus) -> None:
         assert replica.host is not None and replica.port is not None

@@ -84,5 +84,7 @@ def _quantize_int8(fp32: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     partial = target.with_suffix(".partial.onnx")
-    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8)
+    # Per-channel scales: per-tensor int8 weights lose too much (cosine ~0.8 to fp32 on
+    # all-MiniLM-L6-v2 on AVX2 CPUs); per channel keeps it above 0.97.
+    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
     os.replace(partial, target)

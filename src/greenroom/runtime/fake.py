@@ -1,0 +1,146 @@
+"""An in-process runtime backend for tests: replica servers on loopback inside this process.
+
+Replicas speak the real replica protocol, so the router cannot tell them from processes; tests
+control them by hand (`crash`, `restart`, readiness gates) to drive the failure paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.engines import Engine, EngineOptions, load_engine
+from greenroom.runtime.replica import ReplicaServer
+
+LOOPBACK = "127.0.0.1"
+EngineFactory = Callable[[RevisionSpec], Engine]
+
+
+def real_engines(cache_dir: Path | None = None) -> EngineFactory:
+    """Load the engine a spec asks for, in this process (ONNX exports cached in `cache_dir`)."""
+
+    def factory(spec: RevisionSpec) -> Engine:
+        return load_engine(
+            EngineOptions(
+                model_path=spec.model_path,
+                content_hash=spec.content_hash,
+                engine=spec.engine,
+                quantization=spec.quantization,
+                threads=spec.threads,
+                cache_dir=cache_dir,
+            )
+        )
+
+    return factory
+
+
+class FakeReplica:
+    def __init__(self, runtime: FakeRuntime, spec: RevisionSpec, index: int) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.status = ReplicaStatus(
+            replica_id=f"{spec.revision_id}-{index}",
+            revision_id=spec.revision_id,
+            state=ReplicaState.STARTING,
+        )
+        self.engine: Engine | None = None
+        self.server: asyncio.Server | None = None
+        self.connections: set[asyncio.StreamWriter] = set()
+
+    def _set(self, **changes: object) -> None:
+        self.status = replace(self.status, **changes)  # type: ignore[arg-type]
+        self.runtime._notify(self.spec.revision_id)
+
+    async def start(self) -> None:
+        if self.engine is None:
+            self.engine = await asyncio.to_thread(self.runtime.engine_factory, self.spec)
+        replica_server = ReplicaServer(self.engine)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections.add(writer)
+            try:
+                await replica_server.handle(reader, writer)
+            finally:
+                self.connections.discard(writer)
+
+        self.server = await asyncio.start_server(handle, LOOPBACK, 0)
+        port = self.server.sockets[0].getsockname()[1]
+        await self.runtime.ready_gate.wait()
+        self._set(state=ReplicaState.READY, host=LOOPBACK, port=port, message="")
+
+    async def crash(self, message: str = "crashed") -> None:
+        """Drop the server and every open connection at once, as a killed process would."""
+        await self._close()
+        self._set(
+            state=ReplicaState.BACKOFF,
+            port=None,
+            restarts=self.status.restarts + 1,
+            message=message,
+        )
+
+    async def stop(self) -> None:
+        await self._close()
+        self.status = replace(self.status, state=ReplicaState.STOPPED, port=None)
+
+    async def _close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.connections):
+                writer.transport.abort()
+            await self.server.wait_closed()
+            self.server = None
+
+
+class FakeRuntime(RuntimeBackend):
+    name = "fake"
+
+    def __init__(self, engine_factory: EngineFactory | None = None) -> None:
+        super().__init__()
+        self.engine_factory = engine_factory or real_engines()
+        self.ready_gate = asyncio.Event()  # cleared: new replicas wait before turning ready
+        self.ready_gate.set()
+        self._replicas: dict[str, list[FakeReplica]] = {}
+        self._specs: dict[str, RevisionSpec] = {}
+
+    async def start_revision(self, spec: RevisionSpec) -> None:
+        if self._specs.get(spec.revision_id) == spec:
+            return
+        await self.stop_revision(spec.revision_id)
+        self._specs[spec.revision_id] = spec
+        replicas = [FakeReplica(self, spec, i) for i in range(spec.replicas)]
+        self._replicas[spec.revision_id] = replicas
+        self._notify(spec.revision_id)
+        for replica in replicas:
+            asyncio.get_running_loop().create_task(replica.start())
+
+    async def stop_revision(self, revision_id: str) -> None:
+        self._specs.pop(revision_id, None)
+        for replica in self._replicas.pop(revision_id, []):
+            await replica.stop()
+        self._notify(revision_id)
+
+    def replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        return [r.status for r in self._replicas.get(revision_id, [])]
+
+    def revisions(self) -> list[str]:
+        return list(self._replicas)
+
+    async def close(self) -> None:
+        for revision_id in list(self._replicas):
+            await self.stop_revision(revision_id)
+
+    def replica(self, replica_id: str) -> FakeReplica:
+        for replicas in self._replicas.values():
+            for replica in replicas:
+                if replica.status.replica_id == replica_id:
+                    return replica
+        raise KeyError(replica_id)
+
+    async def crash(self, replica_id: str) -> None:
+        await self.replica(replica_id).crash()
+
+    async def restart(self, replica_id: str) -> None:
+        await self.replica(replica_id).start()

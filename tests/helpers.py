@@ -1,0 +1,75 @@
+"""Small helpers for tests: running async tests without a plugin, waiting, process checks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, ParamSpec
+
+P = ParamSpec("P")
+DEFAULT_DEADLINE_S = 60.0
+
+
+def async_test(func: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an `async def` test in its own event loop; fixtures are passed through unchanged."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(func(*args, **kwargs))
+
+    return wrapper
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    interval_s: float = 0.05,
+    what: str = "condition",
+) -> None:
+    """Poll `condition` until it holds; fail after a generous deadline (never a timing check)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > end:
+            raise AssertionError(f"{what} did not happen within {deadline_s:.0f}s")
+        await asyncio.sleep(interval_s)
+
+
+def wait_until_sync(
+    condition: Callable[[], bool],
+    *,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    interval_s: float = 0.05,
+    what: str = "condition",
+) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {deadline_s:.0f}s")
+        time.sleep(interval_s)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in {"Z", "X"}

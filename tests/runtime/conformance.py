@@ -1,0 +1,236 @@
+"""The one conformance suite of the RuntimeBackend interface (`greenroom.runtime.base`).
+
+Every backend runs it unchanged: subclass `RuntimeConformance` as `Test<Backend>Conformance` and
+implement `make_backend`. The suite starts revisions of the tiny test models, talks to their
+replicas through `ReplicaClient`, crashes replicas and stops revisions. Override `crash_replica`
+and `replica_gone` where a backend's replicas are not plain local processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import async_test, pid_alive, wait_until
+from tokenizers import Tokenizer
+
+from greenroom.registry.weights import content_hash, inspect_model
+from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.protocol import ReplicaClient
+
+READY_DEADLINE_S = 120.0
+PROBE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world!", "a"]
+
+
+class RuntimeConformance(ABC):
+    """Behaviour every runtime backend shares; one test per promise of the interface."""
+
+    model_dir: Path
+    model_2_dir: Path
+
+    @abstractmethod
+    async def make_backend(self) -> RuntimeBackend:
+        """A fresh backend with nothing running; the suite closes it."""
+
+    @pytest.fixture(autouse=True)
+    def _models(self, tiny_model_dir: Path, tiny_model_2_dir: Path) -> None:
+        self.model_dir = tiny_model_dir
+        self.model_2_dir = tiny_model_2_dir
+
+    def revision_spec(
+        self, revision_id: str, *, replicas: int = 1, model_dir: Path | None = None
+    ) -> RevisionSpec:
+        path = model_dir or self.model_dir
+        return RevisionSpec(
+            revision_id=revision_id,
+            model_path=path,
+            content_hash=content_hash(path),
+            replicas=replicas,
+            threads=1,
+        )
+
+    def crash_replica(self, replica: ReplicaStatus) -> None:
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGKILL)
+
+    def replica_gone(self, replica: ReplicaStatus) -> bool:
+        return replica.pid is None or not pid_alive(replica.pid)
+
+    @asynccontextmanager
+    async def running_backend(self) -> AsyncIterator[RuntimeBackend]:
+        backend = await self.make_backend()
+        try:
+            yield backend
+        finally:
+            await backend.close()
+
+    # -- tests ------------------------------------------------------------------------------
+
+    @async_test
+    async def test_started_replicas_become_ready_and_embed(self) -> None:
+        spec = self.revision_spec("rev-ready", replicas=2)
+        async with self.running_backend() as backend:
+            await backend.start_revision(spec)
+            ready = await wait_ready(backend, spec.revision_id, 2)
+            assert {r.revision_id for r in ready} == {spec.revision_id}
+            assert len({r.replica_id for r in ready}) == 2
+            assert len({r.endpoint for r in ready}) == 2
+            vectors = [await embed_probe(replica, spec.model_path) for replica in ready]
+        for replica_vectors in vectors:
+            assert_unit_vectors(replica_vectors, inspect_model(spec.model_path).dimension)
+        np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+
+    @async_test
+    async def test_start_revision_is_idempotent(self) -> None:
+        spec = self.revision_spec("rev-idempotent")
+        async with self.running_backend() as backend:
+            await backend.start_revision(spec)
+            before = await wait_ready(backend, spec.revision_id, 1)
+            await backend.start_revision(spec)
+            after = backend.replicas(spec.revision_id)
+            assert [(r.replica_id, r.pid, r.state) for r in after] == [
+                (r.replica_id, r.pid, r.state) for r in before
+            ]
+            assert backend.revisions() == [spec.revision_id]
+
+    @async_test
+    async def test_unknown_revision_has_no_replicas(self) -> None:
+        async with self.running_backend() as backend:
+            assert backend.replicas("rev-unknown") == []
+            assert backend.ready_replicas("rev-unknown") == []
+            assert backend.revisions() == []
+            await backend.stop_revision("rev-unknown")  # stopping nothing is harmless
+            assert backend.revisions() == []
+
+    @async_test
+    async def test_two_revisions_run_side_by_side(self) -> None:
+        blue = self.revision_spec("rev-blue")
+        green = self.revision_spec("rev-green", model_dir=self.model_2_dir)
+        async with self.running_backend() as backend:
+            await backend.start_revision(blue)
+            await backend.start_revision(green)
+            (blue_replica,) = await wait_ready(backend, blue.revision_id, 1)
+            (green_replica,) = await wait_ready(backend, green.revision_id, 1)
+            assert sorted(backend.revisions()) == ["rev-blue", "rev-green"]
+            assert blue_replica.endpoint != green_replica.endpoint
+            blue_vectors = await embed_probe(blue_replica, blue.model_path)
+            green_vectors = await embed_probe(green_replica, green.model_path)
+        assert (blue_vectors * green_vectors).sum(axis=1).mean() < 0.9  # each serves its model
+
+    @async_test
+    async def test_stop_revision_stops_its_replicas_only(self) -> None:
+        blue = self.revision_spec("rev-blue")
+        green = self.revision_spec("rev-green")
+        async with self.running_backend() as backend:
+            await backend.start_revision(blue)
+            await backend.start_revision(green)
+            blue_replicas = await wait_ready(backend, blue.revision_id, 1)
+            await wait_ready(backend, green.revision_id, 1)
+            await backend.stop_revision(blue.revision_id)
+            assert backend.replicas(blue.revision_id) == []
+            assert backend.revisions() == [green.revision_id]
+            await wait_until(
+                lambda: all(self.replica_gone(r) for r in blue_replicas),
+                what="the stopped replicas' processes to exit",
+            )
+            (green_replica,) = backend.ready_replicas(green.revision_id)
+            assert_unit_vectors(await embed_probe(green_replica, green.model_path), None)
+
+    @async_test
+    async def test_crashed_replica_is_restarted(self) -> None:
+        spec = self.revision_spec("rev-crash")
+        async with self.running_backend() as backend:
+            await backend.start_revision(spec)
+            (crashed,) = await wait_ready(backend, spec.revision_id, 1)
+            self.crash_replica(crashed)
+
+            def restarted() -> bool:
+                replicas = backend.ready_replicas(spec.revision_id)
+                return bool(replicas) and replicas[0].pid != crashed.pid
+
+            await wait_until(restarted, deadline_s=READY_DEADLINE_S, what="a restarted replica")
+            (replica,) = backend.ready_replicas(spec.revision_id)
+            assert replica.replica_id == crashed.replica_id
+            assert replica.restarts > crashed.restarts
+            assert self.replica_gone(crashed)
+            assert_unit_vectors(await embed_probe(replica, spec.model_path), None)
+
+    @async_test
+    async def test_listeners_hear_of_every_change(self) -> None:
+        spec = self.revision_spec("rev-listened")
+        changes: list[str] = []
+        async with self.running_backend() as backend:
+            backend.subscribe(changes.append)
+            await backend.start_revision(spec)
+            await wait_ready(backend, spec.revision_id, 1)
+            assert changes and set(changes) == {spec.revision_id}
+            changes.clear()
+            await backend.stop_revision(spec.revision_id)
+            await wait_until(lambda: bool(changes), what="a change after the stop")
+            assert set(changes) == {spec.revision_id}
+
+    @async_test
+    async def test_close_stops_every_revision(self) -> None:
+        blue = self.revision_spec("rev-blue")
+        green = self.revision_spec("rev-green")
+        async with self.running_backend() as backend:
+            await backend.start_revision(blue)
+            await backend.start_revision(green)
+            replicas = [
+                *await wait_ready(backend, blue.revision_id, 1),
+                *await wait_ready(backend, green.revision_id, 1),
+            ]
+            await backend.close()
+            assert backend.revisions() == []
+            assert backend.replicas(blue.revision_id) == []
+            await wait_until(
+                lambda: all(self.replica_gone(r) for r in replicas),
+                what="every replica process to exit",
+            )
+        # leaving the block closes the backend a second time: that must be harmless
+
+
+async def wait_ready(backend: RuntimeBackend, revision_id: str, count: int) -> list[ReplicaStatus]:
+    """The revision's replicas once `count` of them are ready (fails fast on a stopped one)."""
+
+    def ready() -> bool:
+        replicas = backend.replicas(revision_id)
+        assert all(r.state is not ReplicaState.STOPPED for r in replicas), replicas
+        return len(backend.ready_replicas(revision_id)) == count
+
+    await wait_until(ready, deadline_s=READY_DEADLINE_S, what=f"{count} ready replicas")
+    replicas = backend.ready_replicas(revision_id)
+    for replica in replicas:
+        assert replica.endpoint is not None
+        assert replica.endpoint[0] == "127.0.0.1"
+    return replicas
+
+
+def tokenize(model_dir: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    encodings = tokenizer.encode_batch(texts)
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+    return lengths, np.concatenate([np.array(e.ids, dtype=np.int64) for e in encodings])
+
+
+async def embed_probe(replica: ReplicaStatus, model_dir: Path) -> np.ndarray:
+    assert replica.endpoint is not None
+    client = ReplicaClient(*replica.endpoint)
+    try:
+        return await client.embed(*tokenize(model_dir, PROBE_TEXTS))
+    finally:
+        await client.close()
+
+
+def assert_unit_vectors(vectors: np.ndarray, dimension: int | None) -> None:
+    assert vectors.shape[0] == len(PROBE_TEXTS)
+    if dimension is not None:
+        assert vectors.shape[1] == dimension
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)

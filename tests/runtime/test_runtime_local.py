@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conformance import READY_DEADLINE_S, RuntimeConformance, wait_ready
+from helpers import async_test, pid_alive, wait_until
+
+from greenroom.config import Settings
+from greenroom.registry.weights import content_hash
+from greenroom.runtime.base import ReplicaState, RevisionSpec, RuntimeBackend
+from greenroom.runtime.local import LocalRuntime
+
+LOCAL_PARENT = Path(__file__).with_name("local_parent.py")
+PARENT_DEATH_DEADLINE_S = 30.0
+
+
+def local_runtime(data_dir: Path, onnx_cache_dir: Path) -> LocalRuntime:
+    """A LocalRuntime that restarts and health-checks quickly and shares the ONNX cache."""
+    settings = Settings(
+        data_dir=data_dir,
+        replica_start_timeout_s=READY_DEADLINE_S,
+        replica_health_interval_s=0.5,
+        replica_health_timeout_s=10.0,
+        replica_backoff_initial_s=0.1,
+        replica_backoff_max_s=1.0,
+        replica_stop_grace_s=5.0,
+    )
+    runtime = LocalRuntime(settings)
+    runtime.onnx_cache_dir = onnx_cache_dir
+    return runtime
+
+
+class TestLocalRuntimeConformance(RuntimeConformance):
+    @pytest.fixture(autouse=True)
+    def _dirs(self, tmp_path: Path, onnx_cache_dir: Path) -> None:
+        self.data_dir = tmp_path / "data"
+        self.onnx_cache_dir = onnx_cache_dir
+
+    async def make_backend(self) -> RuntimeBackend:
+        return local_runtime(self.data_dir, self.onnx_cache_dir)
+
+
+def test_data_dir_layout(tmp_path: Path) -> None:
+    runtime = LocalRuntime(Settings(data_dir=tmp_path))
+    assert runtime.onnx_cache_dir == tmp_path / "onnx"
+    assert runtime.log_dir == tmp_path / "logs"
+    assert runtime.log_dir.is_dir()
+
+
+@async_test
+async def test_replica_writes_its_log_file(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    try:
+        spec = RevisionSpec("rev-log", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+        await runtime.start_revision(spec)
+        (replica,) = await wait_ready(runtime, "rev-log", 1)
+        assert (runtime.log_dir / f"replica-{replica.replica_id}.log").is_file()
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_replica_that_cannot_start_backs_off_and_says_why(
+    tmp_path: Path, onnx_cache_dir: Path
+) -> None:
+    missing = tmp_path / "no-such-model"
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    try:
+        await runtime.start_revision(RevisionSpec("rev-bad", missing, "0", threads=1))
+
+        def backed_off() -> bool:
+            (replica,) = runtime.replicas("rev-bad")
+            return replica.state is ReplicaState.BACKOFF
+
+        await wait_until(backed_off, deadline_s=READY_DEADLINE_S, what="a replica in back-off")
+        (replica,) = runtime.replicas("rev-bad")
+        assert replica.restarts >= 1
+        assert replica.endpoint is None
+        assert "while starting" in replica.message
+        assert str(missing / "config.json") in replica.message  # the reason, not only "exited"
+        log_file = runtime.log_dir / f"replica-{replica.replica_id}.log"
+        assert "ModelSourceError" in log_file.read_text()
+    finally:
+        await runtime.close()
+    assert runtime.replicas("rev-bad") == []
+
+
+@async_test
+async def test_replicas_die_with_the_process_that_owns_them(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    with (tmp_path / "parent.log").open("wb") as parent_log:
+        parent = await asyncio.create_subprocess_exec(
+            sys.executable, str(LOCAL_PARENT), str(tiny_model_dir), str(tmp_path),
+            str(onnx_cache_dir),
+            stdout=asyncio.subprocess.PIPE, stderr=parent_log, stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    replica_pids: list[int] = []
+    try:
+        assert parent.stdout is not None
+        line = await asyncio.wait_for(parent.stdout.readline(), READY_DEADLINE_S)
+        assert line, f"the parent exited early; see {tmp_path / 'parent.log'}"
+        replica_pids = json.loads(line)["pids"]
+        assert replica_pids and all(pid_alive(pid) for pid in replica_pids)
+
+        parent.kill()  # SIGKILL: no chance to stop its replicas itself
+        await parent.wait()
+        await wait_until(
+            lambda: not any(pid_alive(pid) for pid in replica_pids),
+            deadline_s=PARENT_DEATH_DEADLINE_S,
+            what="the orphaned replica to exit",
+        )
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+        for pid in replica_pids:  # only if the test failed: never leave an orphan behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
