@@ -7,9 +7,10 @@ control them by hand (`crash`, `restart`, readiness gates) to drive the failure 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine
@@ -17,6 +18,7 @@ from greenroom.runtime.replica import ReplicaServer
 
 LOOPBACK = "127.0.0.1"
 EngineFactory = Callable[[RevisionSpec], Engine]
+T = TypeVar("T")
 
 
 def real_engines(cache_dir: Path | None = None) -> EngineFactory:
@@ -104,8 +106,15 @@ class FakeRuntime(RuntimeBackend):
         self.ready_gate.set()
         self._replicas: dict[str, list[FakeReplica]] = {}
         self._specs: dict[str, RevisionSpec] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the replicas run
+
+    def run_threadsafe(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the runtime's loop from another thread (a test's)."""
+        assert self.loop is not None, "no revision started yet"
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     async def start_revision(self, spec: RevisionSpec) -> None:
+        self.loop = asyncio.get_running_loop()
         if self._specs.get(spec.revision_id) == spec:
             return
         await self.stop_revision(spec.revision_id)
