@@ -51,7 +51,9 @@ def serve(
     data = settings.resolved_data_dir()
     (data / "logs").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(data / "logs" / "greenroom.log")],
     )
     uvicorn.run(
         create_app(settings),
