@@ -49,8 +49,8 @@ class ReplicaServer:
                 payload = await protocol.read_frame(reader)
                 writer.write(await self._answer(loop, payload))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the peer left, or we are shutting down: both end this connection quietly
         finally:
             writer.close()
 

@@ -30,11 +30,12 @@ _OPENAI_TYPES = {
 }
 
 
-def get_router(request: Request) -> Router:
+# async: FastAPI runs plain `def` dependencies in its threadpool, a hop per request
+async def get_router(request: Request) -> Router:
     return request.app.state.router
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
