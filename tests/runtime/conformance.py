@@ -152,7 +152,7 @@ class RuntimeConformance(ABC):
 
             def restarted() -> bool:
                 replicas = backend.ready_replicas(spec.revision_id)
-                return bool(replicas) and replicas[0].pid != crashed.pid
+                return bool(replicas) and replicas[0].restarts > crashed.restarts
 
             await wait_until(restarted, deadline_s=READY_DEADLINE_S, what="a restarted replica")
             (replica,) = backend.ready_replicas(spec.revision_id)

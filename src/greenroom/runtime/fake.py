@@ -82,6 +82,8 @@ class FakeReplica:
             restarts=self.status.restarts + 1,
             message=message,
         )
+        if self.runtime.auto_restart:
+            await self.start()
 
     async def stop(self) -> None:
         await self._close()
@@ -99,8 +101,11 @@ class FakeReplica:
 class FakeRuntime(RuntimeBackend):
     name = "fake"
 
-    def __init__(self, engine_factory: EngineFactory | None = None) -> None:
+    def __init__(
+        self, engine_factory: EngineFactory | None = None, *, auto_restart: bool = False
+    ) -> None:
         super().__init__()
+        self.auto_restart = auto_restart  # restart crashed replicas at once, as a supervisor would
         self.engine_factory = engine_factory or real_engines()
         self.ready_gate = asyncio.Event()  # cleared: new replicas wait before turning ready
         self.ready_gate.set()
