@@ -41,11 +41,31 @@ class Settings(BaseSettings):
     # How long queued requests wait for a replica of a live revision to come back before a 503.
     replica_wait_s: float = 10.0
 
+    # Store: SQLite `greenroom.db` in the data dir unless a URL is given (postgresql+psycopg://…).
+    database_url: str | None = None
+
+    # Worker: tasks run under a lease that the worker renews; an expired lease is taken over.
+    worker_enabled: bool = True  # the worker embedded in `greenroom serve`
+    worker_concurrency: int = 4
+    lease_s: float = 15.0
+    # Rollout: how long green may take to become ready, blue to drain, and the gate's threshold.
+    rollout_ready_timeout_s: float = 300.0
+    drain_grace_s: float = 30.0
+    compatibility_threshold: float = 0.99
+    smoke_latency_bound_s: float = 5.0
+    # Registration: how long the load check of a new model may take.
+    registration_timeout_s: float = 300.0
+
     max_request_bytes: int = 8 * 1024 * 1024
     max_input_items: int = 2048
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir() / 'greenroom.db'}"
 
 
 def default_threads() -> int:

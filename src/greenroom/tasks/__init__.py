@@ -1,0 +1,1 @@
+"""Tasks: deploy and delete requests, run asynchronously by workers under a lease."""

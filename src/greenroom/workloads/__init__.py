@@ -1,0 +1,1 @@
+"""Workloads: revisions (immutable snapshots of what a deployment runs) and their phases."""
