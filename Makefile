@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The suite's PostgreSQL server (each session creates and drops a database of its own).
+export GREENROOM_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 .PHONY: install run test lint format bench clean
 

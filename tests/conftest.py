@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,90 @@ def onnx_cache_dir() -> Path:
     path = CACHE_ROOT / "greenroom-onnx"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ----- the store: SQLite per test, PostgreSQL with one database per test session -----------------
+
+import uuid  # noqa: E402
+
+import psycopg  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from greenroom.db import Store  # noqa: E402
+from greenroom.migrations import upgrade  # noqa: E402
+
+PG_ENV = "GREENROOM_TEST_DATABASE_URL"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """The PostgreSQL server the suite may use; skips (fails under CI=true) when unreachable."""
+    url = os.environ.get(PG_ENV)
+    reason = None
+    if not url:
+        reason = f"{PG_ENV} is not set"
+    else:
+        try:
+            psycopg.connect(_libpq(url), connect_timeout=3).close()
+        except psycopg.Error as exc:
+            reason = f"PostgreSQL at {PG_ENV} is unreachable: {exc}"
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true requires PostgreSQL)")
+        pytest.skip(reason)
+    assert url is not None
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_database_url(pg_server_url: str) -> Iterator[str]:
+    """A database of this test session's own, created empty and dropped at the end."""
+    name = f"greenroom_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _truncate_all(store: Store) -> None:
+    from greenroom.db import Base
+
+    with store.session_scope() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty, migrated store on SQLite and on PostgreSQL (each test runs on both)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'greenroom.db'}"
+        upgrade(url)
+    else:
+        url = request.getfixturevalue("pg_database_url")
+    db = Store(url)
+    _truncate_all(db)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'greenroom.db'}"
+    upgrade(url)
+    db = Store(url)
+    try:
+        yield db
+    finally:
+        db.dispose()
