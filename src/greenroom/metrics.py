@@ -64,6 +64,31 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rollout_step_duration = Histogram(
+            "greenroom_rollout_step_duration_seconds",
+            "Duration of each rollout step, by step and outcome.",
+            ["step", "status"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=self.registry,
+        )
+        self.rollouts = Counter(
+            "greenroom_rollouts",
+            "Finished rollouts by result (rolled_out, unchanged, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.tasks = Counter(
+            "greenroom_tasks",
+            "Tasks ended by a worker, by kind (deploy, delete) and final status.",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.lease_takeovers = Counter(
+            "greenroom_lease_takeovers",
+            "Tasks taken over by a worker after the lease of another one expired.",
+            registry=self.registry,
+        )
+
     def watch(self, router: Router, runtime: RuntimeBackend) -> None:
         self.registry.register(_StateCollector(lambda: router, lambda: runtime))
 

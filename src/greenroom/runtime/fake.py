@@ -17,6 +17,7 @@ from greenroom.runtime.engines import Engine, EngineOptions, load_engine
 from greenroom.runtime.replica import ReplicaServer
 
 LOOPBACK = "127.0.0.1"
+RESTART_DELAY_S = 0.1
 EngineFactory = Callable[[RevisionSpec], Engine]
 T = TypeVar("T")
 
@@ -51,6 +52,7 @@ class FakeReplica:
         self.engine: Engine | None = None
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.StreamWriter] = set()
+        self.stopped = False
 
     def _set(self, **changes: object) -> None:
         self.status = replace(self.status, **changes)  # type: ignore[arg-type]
@@ -58,7 +60,18 @@ class FakeReplica:
 
     async def start(self) -> None:
         if self.engine is None:
-            self.engine = await asyncio.to_thread(self.runtime.engine_factory, self.spec)
+            try:
+                self.engine = await asyncio.to_thread(self.runtime.engine_factory, self.spec)
+            except Exception as exc:  # reported like a replica process that exits on start
+                self._set(
+                    state=ReplicaState.BACKOFF,
+                    restarts=self.status.restarts + 1,
+                    message=f"exited while starting: {exc}",
+                )
+                if self.runtime.auto_restart and not self.stopped:
+                    await asyncio.sleep(RESTART_DELAY_S)
+                    await self.start()
+                return
         replica_server = ReplicaServer(self.engine)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -86,6 +99,7 @@ class FakeReplica:
             await self.start()
 
     async def stop(self) -> None:
+        self.stopped = True
         await self._close()
         self.status = replace(self.status, state=ReplicaState.STOPPED, port=None)
 

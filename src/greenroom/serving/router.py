@@ -123,6 +123,9 @@ class Router:
     def live_routes(self) -> dict[str, RevisionRoute]:
         return dict(self._live)
 
+    def revision_ids(self) -> set[str]:
+        return set(self._routes)
+
     def in_flight(self, revision_id: str) -> int:
         route = self._routes.get(revision_id)
         return route.in_flight() if route else 0

@@ -1,0 +1,133 @@
+"""Keep the router on the live-revision pointers of the store, and report back to it.
+
+Each API process runs one `RouterSync`: it reads `live_revisions`, prepares revisions the router
+does not know yet and switches names with `set_live`, removes names that are no longer live, and
+forgets old revisions once nothing is in flight to them. It also writes the router's report
+(live revision per name, batches in flight per revision) that the rollout's drain waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from greenroom.db import Store, utcnow
+from greenroom.registry.models import EmbeddingModel
+from greenroom.registry.weights import inspect_model
+from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.serving.router import Router, ServedRevision
+from greenroom.signals import Signals, Topic
+from greenroom.workloads.models import Revision
+
+log = logging.getLogger("greenroom.router.sync")
+
+
+@dataclass(frozen=True)
+class LivePointer:
+    served_name: str
+    revision: ServedRevision
+
+
+def new_router_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class RouterSync:
+    def __init__(self, store: Store, router: Router, signals: Signals) -> None:
+        self.store = store
+        self.router = router
+        self.signals = signals
+        self.router_id = new_router_id()
+        self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
+        self._last_report: tuple[dict, dict] | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+                await self.report()
+            except Exception:  # keep following the store; the next pass retries
+                log.exception("router sync failed")
+            await self.signals.wait(Topic.LIVE)
+
+    async def sync_once(self) -> None:
+        pointers = await asyncio.to_thread(self._read_pointers)
+        live_names = set()
+        for pointer in pointers:
+            live_names.add(pointer.served_name)
+            current = self.router.live(pointer.served_name)
+            if current is None or current.revision_id != pointer.revision.revision_id:
+                self.router.add_revision(pointer.revision)
+                self.router.set_live(pointer.served_name, pointer.revision.revision_id)
+                log.info(
+                    "'%s' is now served by %s", pointer.served_name, pointer.revision.revision_id
+                )
+        for name in set(self.router.live_routes()) - live_names:
+            self.router.remove(name)
+            log.info("'%s' is no longer served", name)
+        live_ids = {route.revision_id for route in self.router.live_routes().values()}
+        for revision_id in self.router.revision_ids() - live_ids:
+            if self.router.in_flight(revision_id) == 0:
+                await self.router.drop_revision(revision_id)
+
+    def _read_pointers(self) -> list[LivePointer]:
+        with self.store.session_scope() as session:
+            rows = session.execute(
+                select(LiveRevision, Revision, EmbeddingModel)
+                .join(Revision, Revision.id == LiveRevision.revision_id)
+                .join(
+                    EmbeddingModel, EmbeddingModel.id == Revision.embedding_model_id, isouter=True
+                )
+            ).all()
+            return [
+                LivePointer(live.served_name, self._served_revision(revision, model))
+                for live, revision, model in rows
+            ]
+
+    def _served_revision(self, revision: Revision, model: EmbeddingModel | None) -> ServedRevision:
+        if known := self._known.get(revision.id):
+            return known
+        config = revision.config
+        served = ServedRevision(
+            revision_id=revision.id,
+            served_name=revision.served_name,
+            embedding_model_id=revision.embedding_model_id,
+            content_hash=revision.content_hash,
+            info=inspect_model(Path(revision.model_path)),
+            max_batch_size=config.get("max_batch_size", 32),
+            max_batch_tokens=config.get("max_batch_tokens", 8192),
+            max_queue=config.get("max_queue", 1024),
+            allow_dimensions=bool(model and model.allow_dimensions),
+        )
+        self._known[revision.id] = served
+        return served
+
+    async def report(self) -> None:
+        live = {name: route.revision_id for name, route in self.router.live_routes().items()}
+        in_flight = {rid: self.router.in_flight(rid) for rid in self.router.revision_ids()}
+        await asyncio.to_thread(self._write_report, live, in_flight)
+        if (live, in_flight) != self._last_report:
+            self._last_report = (live, in_flight)
+            self.signals.notify(Topic.ROUTERS)
+
+    def _write_report(self, live: dict[str, str], in_flight: dict[str, int]) -> None:
+        with self.store.session_scope() as session:
+            report = session.get(RouterReport, self.router_id)
+            if report is None:
+                report = RouterReport(router_id=self.router_id)
+                session.add(report)
+            report.live, report.in_flight, report.heartbeat_at = live, in_flight, utcnow()
+
+    def forget_report(self) -> None:
+        """On shutdown: a router that stops must not hold up drains."""
+        with self.store.session_scope() as session:
+            report = session.get(RouterReport, self.router_id)
+            if report is not None:
+                session.delete(report)
