@@ -1,23 +1,72 @@
-"""The `greenroom` command."""
+"""The `greenroom` command: the server, a worker, the store, and client commands."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from greenroom.client import DEFAULT_URL, ClientError, GreenroomClient, default_token
 
 app = typer.Typer(
     help="greenroom: green deployments and an OpenAI-compatible endpoint for embedding models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+models_app = typer.Typer(help="Register and list embedding models.", no_args_is_help=True)
+db_app = typer.Typer(help="The store (SQLite by default, PostgreSQL by URL).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+console = Console()
+errors = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="State, ONNX export cache and logs (env GREENROOM_DATA_DIR, default ~/.greenroom)."
+    ),
+]
+Server = Annotated[
+    str,
+    typer.Option(envvar="GREENROOM_URL", help="greenroom's URL (env GREENROOM_URL)."),
+]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Follow the task until it ends; exit 1 if it fails.")
+]
 
 
 @app.callback()
 def main() -> None:
     """Settings come from GREENROOM_* environment variables; flags override them."""
+
+
+def _settings(**overrides: Any) -> Any:
+    from greenroom.config import Settings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging(settings: Any, level: str, name: str) -> None:
+    logs = settings.resolved_data_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(logs / f"{name}.log")],
+    )
+
+
+# ----- server side ---------------------------------------------------------------------------
 
 
 @app.command()
@@ -28,33 +77,24 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (env GREENROOM_PORT, default 8000).")
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="State, ONNX export cache and logs (env GREENROOM_DATA_DIR, default ~/.greenroom)."
-        ),
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql+psycopg://… to share state (env GREENROOM_DATABASE_URL)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
 ) -> None:
-    """Start the API, the router and the local runtime; the default model is served at start."""
-    import os
+    """Start the API, the router, the supervisor of local replicas and an embedded worker.
 
+    On first start the default model is registered and deployed; after a restart whatever was
+    live comes back from the store.
+    """
     import uvicorn
 
     from greenroom.app import create_app
-    from greenroom.config import Settings
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    overrides = {"host": host, "port": port, "data_dir": data_dir}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    data = settings.resolved_data_dir()
-    (data / "logs").mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(data / "logs" / "greenroom.log")],
-    )
+    settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    _logging(settings, log_level, "greenroom")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -63,6 +103,278 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="The shared store (env GREENROOM_DATABASE_URL).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Tasks run at once (env GREENROOM_WORKER_CONCURRENCY).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
+) -> None:
+    """Run a worker process: claims tasks from the shared store and runs their steps.
+
+    Workers never start replicas; `greenroom serve` processes own them. Use PostgreSQL to run
+    several workers beside the servers.
+    """
+    from greenroom.db import Store
+    from greenroom.metrics import Metrics
+    from greenroom.migrations import upgrade
+    from greenroom.rollout.runner import TaskRunner
+    from greenroom.signals import Signals
+    from greenroom.worker.loop import Worker, default_worker_id
+
+    settings = _settings(
+        data_dir=data_dir, database_url=database_url, worker_concurrency=concurrency
+    )
+    _logging(settings, log_level, "worker")
+    store = Store(settings.resolved_database_url())
+    upgrade(store.url)
+    signals, metrics = Signals(), Metrics()
+    runner = TaskRunner(store, signals, settings, metrics, worker_id=default_worker_id())
+    loop_worker = Worker(
+        store,
+        runner,
+        worker_id=runner.worker_id,
+        signals=signals,
+        metrics=metrics,
+        concurrency=settings.worker_concurrency,
+        lease_s=settings.lease_s,
+    )
+    try:
+        asyncio.run(loop_worker.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: DataDir = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="The store to migrate (env GREENROOM_DATABASE_URL).")
+    ] = None,
+) -> None:
+    """Apply the schema migrations (idempotent; `greenroom serve` does it on start)."""
+    from greenroom.migrations import upgrade
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings.resolved_data_dir().mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url())
+    errors.print("The store is up to date.")
+
+
+# ----- client side ---------------------------------------------------------------------------
+
+
+def _client(server: str) -> GreenroomClient:
+    return GreenroomClient(server, default_token())
+
+
+def _fail(exc: ClientError) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@models_app.command("register")
+def models_register(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="The embedding model id.")],
+    source: Annotated[
+        str, typer.Argument(help="A model directory, or package:<import name> of a package.")
+    ],
+    description: Annotated[str | None, typer.Option(help="A note for people.")] = None,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Register a model: the server checks that it loads and records what it produces."""
+    try:
+        model = _client(server).register_model(model_id, source, description)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"registered [bold]{model['id']}[/bold]: dimension {model['dimension']}, "
+        f"hash {model['content_hash'][:12]}"
+    )
+
+
+@models_app.command("list")
+def models_list(server: Server = DEFAULT_URL) -> None:
+    """List registered models."""
+    try:
+        models = _client(server).models()
+    except ClientError as exc:
+        raise _fail(exc) from None
+    table = Table("id", "dimension", "max length", "hash", "source")
+    for model in models:
+        table.add_row(
+            model["id"],
+            str(model["dimension"]),
+            str(model["max_seq_length"]),
+            model["content_hash"][:12],
+            model["source"],
+        )
+    console.print(table)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{item}' is not key=value", param_hint="--set")
+        config[key.strip()] = int(raw) if raw.strip().lstrip("-").isdigit() else raw.strip()
+    return config
+
+
+@app.command()
+def deploy(
+    model: Annotated[str, typer.Argument(help="The served name (an embedding model id).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A config override key=value (engine, quantization, replicas, max_batch_size, "
+            "max_batch_tokens, max_queue, threads, runtime); repeatable.",
+        ),
+    ] = None,
+    allow_embedding_space_change: Annotated[
+        bool,
+        typer.Option(help="Let vectors that are not comparable with the live ones take over."),
+    ] = False,
+    wait: Wait = False,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Deploy the model's latest config as a green rollout; prints the task id."""
+    client = _client(server)
+    try:
+        task = client.deploy(model, _parse_sets(set_ or []), allow_embedding_space_change)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    _after_submit(client, task, wait)
+
+
+@app.command()
+def delete(
+    model: Annotated[str, typer.Argument(help="The served name to withdraw.")],
+    reason: Annotated[str | None, typer.Option(help="Why; kept in the task's metadata.")] = None,
+    wait: Wait = False,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Drain and withdraw a model; requests for it then get 404."""
+    client = _client(server)
+    try:
+        task = client.delete(model, reason)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    _after_submit(client, task, wait)
+
+
+@app.command()
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="A pending task's id.")],
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Cancel a pending task."""
+    try:
+        task = _client(server).cancel(task_id)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    console.print(f"{task['id']} is {task['status']}")
+
+
+@app.command()
+def tasks(
+    model: Annotated[str | None, typer.Argument(help="Only this served name's tasks.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """List recent tasks, newest first."""
+    try:
+        rows = _client(server).tasks(model, limit)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    table = Table("id", "model", "status", "created", "detail")
+    for task in rows:
+        table.add_row(
+            task["id"], task["embedding_model_id"], task["status"], task["created_at"],
+            (task.get("detail") or "")[:80],
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def status(server: Server = DEFAULT_URL) -> None:
+    """Readiness, live models and the latest task of each registered model."""
+    client = _client(server)
+    try:
+        live = {m["id"] for m in client.get("/v1/models")["data"]}
+        models = client.models()
+        ready = client.http.get("/readyz").json()
+    except (ClientError, ValueError) as exc:
+        raise _fail(ClientError(str(exc))) from None
+    console.print(f"server {server}: {ready.get('status')} {ready.get('reason', '')}")
+    table = Table("model", "live", "latest task", "status", "detail")
+    for model in models:
+        try:
+            task = client.get(f"/internal/inference-deployment/deploy-status/{model['id']}")
+        except ClientError:
+            task = {"id": "-", "status": "-"}
+        table.add_row(
+            model["id"], "yes" if model["id"] in live else "no", task["id"], task["status"],
+            (task.get("detail") or "")[:60],
+        )  # fmt: skip
+    console.print(table)
+
+
+def _after_submit(client: GreenroomClient, task: dict[str, Any], wait: bool) -> None:
+    print(task["id"])
+    if not wait:
+        errors.print(f"{task['id']} is {task['status']}; follow it with --wait")
+        return
+    final = follow(client, task["id"])
+    if final["status"] != "done":
+        errors.print(f"[red]{final['id']} {final['status']}:[/red] {final.get('detail') or ''}")
+        raise typer.Exit(1)
+    result = final.get("metadata", {}).get("result", "done")
+    errors.print(f"[green]{final['id']} done[/green] ({result})")
+
+
+def follow(client: GreenroomClient, task_id: str, interval_s: float = 0.3) -> dict[str, Any]:
+    """Show the task's steps live until it ends; returns the final task."""
+    with Live(console=errors, refresh_per_second=8, transient=False) as live:
+        while True:
+            try:
+                task = client.task(task_id)
+            except ClientError as exc:
+                raise _fail(exc) from None
+            live.update(_steps_table(task))
+            if task["status"] in ("done", "failed", "canceled", "refused"):
+                return task
+            time.sleep(interval_s)
+
+
+STEP_MARKS = {"pending": "·", "running": "…", "done": "✓", "skipped": "–", "failed": "✗"}
+
+
+def _steps_table(task: dict[str, Any]) -> Table:
+    table = Table(title=f"{task['id']} · {task['embedding_model_id']} · {task['status']}")
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("message")
+    for step in task.get("metadata", {}).get("steps", []):
+        duration = step.get("duration_ms")
+        table.add_row(
+            step["name"],
+            f"{STEP_MARKS.get(step['status'], '?')} {step['status']}",
+            f"{duration / 1000:.1f} s" if duration is not None else "",
+            step.get("message") or "",
+        )
+    return table
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +21,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """200 once start-up is done and every live served name has a ready replica."""
     state = request.app.state
-    if reason := state.startup.not_ready_reason():
+    if reason := await asyncio.to_thread(state.startup.not_ready_reason, state.store):
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     router, runtime = state.router, state.runtime
     for name, route in router.live_routes().items():

@@ -32,6 +32,7 @@ from greenroom.rollout.plan import (
 from greenroom.signals import Signals
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus, transition
+from greenroom.worker import leases
 
 log = logging.getLogger("greenroom.rollout")
 
@@ -55,8 +56,15 @@ DELETE: dict[str, StepFunction] = {
 
 class TaskRunner:
     def __init__(
-        self, store: Store, signals: Signals, settings: Settings, metrics: Metrics | None = None
+        self,
+        store: Store,
+        signals: Signals,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        worker_id: str | None = None,
     ) -> None:
+        self.worker_id = worker_id  # the lease holder whose results this runner may write
         self.store = store
         self.signals = signals
         self.settings = settings
@@ -150,8 +158,14 @@ class TaskRunner:
         self, ctx: steps.StepContext, status: TaskStatus, detail: str | None, result: str
     ) -> None:
         def end(session: Session) -> None:
-            task = session.get(Task, ctx.task_id)
-            assert task is not None
+            # Fenced: a worker that lost its lease must not overwrite the new owner's result.
+            if self.worker_id is None:
+                task = session.get(Task, ctx.task_id)
+            else:
+                task = leases.get_held(session, task_id=ctx.task_id, worker_id=self.worker_id)
+            if task is None:
+                log.warning("task %s is no longer ours; leaving its result alone", ctx.task_id)
+                return
             transition(task, status, reason=detail)
 
         await ctx.db(end)

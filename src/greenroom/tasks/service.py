@@ -1,0 +1,307 @@
+"""Deploy and delete tasks: create (idempotent on a client id), read, find the latest, cancel.
+
+Plain functions, keyword-only arguments led by `db_session`; they flush and never commit. A
+client-chosen `id` is the task's id verbatim, and the primary key makes a retried request
+harmless even when two copies race: the loser re-reads the winner's task and compares bodies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import false, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from greenroom.db import utcnow
+from greenroom.deployments import service as deployments_service
+from greenroom.deployments.models import served_name, split_served_name
+from greenroom.deployments.service import DEFAULT_WORKSPACE
+from greenroom.errors import ConflictError, GreenroomError, NotFoundError
+from greenroom.registry import service as registry_service
+from greenroom.tasks.models import Task
+from greenroom.tasks.schemas import ModelDeletionRequest, ModelDeploymentRequest, TaskKind
+from greenroom.tasks.states import TaskStatus, transition
+
+# A racing insert of the same id is answered from the winner; another constraint (a config
+# version written concurrently) is retried this many times in all.
+STORE_ATTEMPTS = 3
+NOT_FOUND = {
+    TaskKind.DEPLOY: "Deployment task with ID `{}` is not found",
+    TaskKind.DELETE: "Deletion task with ID `{}` is not found",
+}
+LATEST_NOT_FOUND = {
+    TaskKind.DEPLOY: "Deployment task with embedding model ID `{}` is not found",
+    TaskKind.DELETE: "Deletion task with embedding model ID `{}` is not found",
+}
+STORE_FAILED = {
+    TaskKind.DEPLOY: "Failed to create and send model deployment task",
+    TaskKind.DELETE: "Failed to create and send model deletion task",
+}
+
+
+class TaskStorageError(GreenroomError):
+    """The task could not be stored; the request may be retried."""
+
+    status_code = 500
+
+
+# ----- reading -----------------------------------------------------------------------------------
+
+
+def get(db_session: Session, *, task_id: str) -> Task | None:
+    """A task of any kind, read fresh from the store."""
+    return db_session.get(Task, task_id, populate_existing=True)
+
+
+def get_or_raise(db_session: Session, *, task_id: str, kind: TaskKind) -> Task:
+    """A task of this kind; the kind's 404 otherwise (a deploy task is not a deletion task)."""
+    task = get(db_session, task_id=task_id)
+    if task is None or task.kind != kind:
+        raise NotFoundError(NOT_FOUND[kind].format(task_id))
+    return task
+
+
+def get_latest(db_session: Session, *, embedding_model_id: str, kind: TaskKind) -> Task | None:
+    """The latest task of this kind for a served name, by created_at (ties broken by id)."""
+    return db_session.scalars(
+        select(Task)
+        .where(Task.embedding_model_id == canonical(embedding_model_id), Task.kind == kind)
+        .order_by(Task.created_at.desc(), Task.id.desc())
+        .limit(1)
+    ).first()
+
+
+def get_latest_or_raise(db_session: Session, *, embedding_model_id: str, kind: TaskKind) -> Task:
+    task = get_latest(db_session, embedding_model_id=embedding_model_id, kind=kind)
+    if task is None:
+        raise NotFoundError(LATEST_NOT_FOUND[kind].format(embedding_model_id))
+    return task
+
+
+def canonical(embedding_model_id: str) -> str:
+    """The served name as stored: `default/x` is `x`."""
+    return served_name(*split_served_name(embedding_model_id))
+
+
+# ----- creating ----------------------------------------------------------------------------------
+
+
+def create_deploy_task(
+    db_session: Session,
+    *,
+    request: ModelDeploymentRequest,
+    initiated_by: str = "admin",
+    deployment_target: str = "local",
+) -> Task:
+    """A pending deploy task (or the existing one of the same id and body). Config overrides are
+    stored first, as a new version of the deployment's config (none when they change nothing);
+    `deployment_target` is the server's runtime, unless the config names one."""
+    name = canonical(request.embedding_model_id)
+    overrides = request.config.as_dict() if request.config is not None else {}
+    body = {
+        "embedding_model_id": name,
+        "id": request.id,
+        "config": overrides,
+        "allow_embedding_space_change": request.allow_embedding_space_change,
+    }
+    if request.id is not None and (existing := get(db_session, task_id=request.id)) is not None:
+        return _same_request_or_conflict(existing, kind=TaskKind.DEPLOY, body=body)
+    workspace, config_name = _deploy_target(db_session, name=name)
+
+    def build() -> Task:
+        config = deployments_service.ensure_config_version(
+            db_session, workspace=workspace, name=config_name, overrides=overrides
+        )
+        metadata = {
+            "deployment_target": config.executor_config.get("runtime") or deployment_target,
+            "initiated_by": initiated_by,
+            "workspace": workspace,
+            "config": config.name,
+            "config_version": config.entity_version,
+            "allow_embedding_space_change": request.allow_embedding_space_change,
+        }
+        return _new_task(
+            db_session,
+            kind=TaskKind.DEPLOY,
+            task_id=request.id,
+            name=name,
+            body=body,
+            metadata=metadata,
+        )
+
+    return _store(db_session, build, kind=TaskKind.DEPLOY, task_id=request.id, body=body)
+
+
+def create_delete_task(
+    db_session: Session, *, request: ModelDeletionRequest, initiated_by: str = "admin"
+) -> Task:
+    """A pending delete task (or the existing one of the same id and body)."""
+    name = canonical(request.embedding_model_id)
+    body = {"embedding_model_id": name, "id": request.id, "reason": request.reason}
+    if request.id is not None and (existing := get(db_session, task_id=request.id)) is not None:
+        return _same_request_or_conflict(existing, kind=TaskKind.DELETE, body=body)
+    _require_deletable(db_session, name=name)
+    metadata = {"deletion_type": "manual", "reason": request.reason, "initiated_by": initiated_by}
+
+    def build() -> Task:
+        return _new_task(
+            db_session,
+            kind=TaskKind.DELETE,
+            task_id=request.id,
+            name=name,
+            body=body,
+            metadata=metadata,
+        )
+
+    return _store(db_session, build, kind=TaskKind.DELETE, task_id=request.id, body=body)
+
+
+def new_task_id(kind: TaskKind) -> str:
+    return f"{kind}-{uuid.uuid4().hex}"
+
+
+def _deploy_target(db_session: Session, *, name: str) -> tuple[str, str]:
+    """The workspace and config name a deploy of this served name uses; 404 if unknown.
+
+    In workspace `default` the name must be a registered embedding model; elsewhere a deployment
+    of that name must exist. An existing deployment's config is used, else the model's own."""
+    workspace, short_name = split_served_name(name)
+    deployment = deployments_service.get_latest_deployment(
+        db_session, workspace=workspace, name=short_name
+    )
+    if workspace == DEFAULT_WORKSPACE:
+        if registry_service.get(db_session, embedding_model_id=short_name) is None:
+            raise _unknown_model(name)
+    elif deployment is None:
+        raise _unknown_model(name)
+    return workspace, deployment.config if deployment is not None else short_name
+
+
+def _require_deletable(db_session: Session, *, name: str) -> None:
+    """A delete needs a registered model (workspace `default`) or a deployment of that name."""
+    workspace, short_name = split_served_name(name)
+    if (
+        deployments_service.get_latest_deployment(db_session, workspace=workspace, name=short_name)
+        is not None
+    ):
+        return
+    if (
+        workspace == DEFAULT_WORKSPACE
+        and registry_service.get(db_session, embedding_model_id=short_name) is not None
+    ):
+        return
+    raise _unknown_model(name)
+
+
+def _unknown_model(name: str) -> NotFoundError:
+    return NotFoundError(f"Embedding model `{name}` is not found")
+
+
+def _new_task(
+    db_session: Session,
+    *,
+    kind: TaskKind,
+    task_id: str | None,
+    name: str,
+    body: dict[str, Any],
+    metadata: dict[str, Any],
+) -> Task:
+    created_at = _next_created_at(db_session, name=name)
+    return Task(
+        id=task_id or new_task_id(kind),
+        kind=kind,
+        embedding_model_id=name,
+        status=TaskStatus.PENDING,
+        request=body,
+        task_metadata=metadata,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def _next_created_at(db_session: Session, *, name: str) -> datetime:
+    """Now, or just after the served name's latest task (a clock that went back, or the same
+    microsecond): `*-status` always finds the task created last."""
+    now = utcnow()
+    latest = db_session.scalar(
+        select(func.max(Task.created_at)).where(Task.embedding_model_id == name)
+    )
+    if latest is not None and latest >= now:
+        return latest + timedelta(microseconds=1)
+    return now
+
+
+def _store(
+    db_session: Session,
+    build: Callable[[], Task],
+    *,
+    kind: TaskKind,
+    task_id: str | None,
+    body: dict[str, Any],
+) -> Task:
+    """Insert the task `build` makes, in a savepoint. A duplicate id answers with the task that
+    won (same body) or a conflict; any other store failure is the contract's 500."""
+    last_error: SQLAlchemyError | None = None
+    for _ in range(STORE_ATTEMPTS):
+        try:
+            _begin_writing(db_session)
+            with db_session.begin_nested():
+                task = build()
+                db_session.add(task)
+                db_session.flush()
+            return task
+        except IntegrityError as exc:
+            existing = get(db_session, task_id=task_id) if task_id is not None else None
+            if existing is not None:
+                return _same_request_or_conflict(existing, kind=kind, body=body)
+            last_error: SQLAlchemyError = exc
+        except SQLAlchemyError as exc:
+            raise TaskStorageError(STORE_FAILED[kind]) from exc
+    raise TaskStorageError(STORE_FAILED[kind]) from last_error
+
+
+def _begin_writing(db_session: Session) -> None:
+    """Open the session's write transaction before a savepoint. SQLite's Python driver begins a
+    transaction only at a data-changing statement, so a SAVEPOINT issued first would begin (and
+    its release commit) a transaction of its own; an UPDATE of no row begins it as it should."""
+    db_session.execute(
+        update(Task)
+        .where(false())
+        .values(updated_at=Task.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _same_request_or_conflict(task: Task, *, kind: TaskKind, body: dict[str, Any]) -> Task:
+    if task.kind == kind and task.request == body:
+        return task
+    raise ConflictError(f"Task `{task.id}` already exists with a different request")
+
+
+# ----- canceling ---------------------------------------------------------------------------------
+
+
+def cancel(db_session: Session, *, task_id: str, kind: TaskKind) -> Task:
+    """Cancel a pending task; 409 once a worker has claimed it (or it has ended)."""
+    _lock(db_session, task_id=task_id)
+    task = get_or_raise(db_session, task_id=task_id, kind=kind)
+    if not transition(task, TaskStatus.CANCELED).accepted:
+        raise ConflictError(f"Task `{task.id}` is {task.status} and cannot be canceled")
+    db_session.flush()
+    return task
+
+
+def _lock(db_session: Session, *, task_id: str) -> None:
+    """Hold the task's row until the session ends, so that a worker cannot claim it between our
+    read and our write: an UPDATE that changes nothing takes PostgreSQL's row lock and SQLite's
+    write lock alike."""
+    db_session.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .values(updated_at=Task.updated_at)
+        .execution_options(synchronize_session=False)
+    )

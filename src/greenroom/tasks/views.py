@@ -1,0 +1,107 @@
+"""The Deployment Tasks API (api/tasks.md), under `/internal/inference-deployment`.
+
+Thin views: parse, call one service function, shape the response. Workers are woken through the
+`TASKS` signal once the session that created or canceled a task has committed.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from greenroom.config import Settings
+from greenroom.deps import DbSession
+from greenroom.signals import Topic
+from greenroom.tasks import service as tasks_service
+from greenroom.tasks.schemas import (
+    ModelDeletionRequest,
+    ModelDeletionResponse,
+    ModelDeploymentRequest,
+    ModelDeploymentResponse,
+    TaskKind,
+)
+
+api_router = APIRouter(prefix="/internal/inference-deployment", tags=["tasks"])
+
+
+@api_router.post("/deploy", response_model=ModelDeploymentResponse)
+def deploy(
+    body: ModelDeploymentRequest, db_session: DbSession, request: Request
+) -> ModelDeploymentResponse:
+    task = tasks_service.create_deploy_task(
+        db_session, request=body, deployment_target=_settings(request).runtime
+    )
+    _notify_workers_after_commit(request, db_session)
+    return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.get("/deploy/{task_id}", response_model=ModelDeploymentResponse)
+def get_deploy_task(task_id: str, db_session: DbSession) -> ModelDeploymentResponse:
+    task = tasks_service.get_or_raise(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
+    return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.get("/deploy-status/{embedding_model_id:path}", response_model=ModelDeploymentResponse)
+def get_latest_deploy_task(
+    embedding_model_id: str, db_session: DbSession
+) -> ModelDeploymentResponse:
+    task = tasks_service.get_latest_or_raise(
+        db_session, embedding_model_id=embedding_model_id, kind=TaskKind.DEPLOY
+    )
+    return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.post("/deploy/{task_id}/cancel", response_model=ModelDeploymentResponse)
+def cancel_deploy_task(
+    task_id: str, db_session: DbSession, request: Request
+) -> ModelDeploymentResponse:
+    task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
+    _notify_workers_after_commit(request, db_session)
+    return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.post("/delete", response_model=ModelDeletionResponse)
+def delete(
+    body: ModelDeletionRequest, db_session: DbSession, request: Request
+) -> ModelDeletionResponse:
+    task = tasks_service.create_delete_task(db_session, request=body)
+    _notify_workers_after_commit(request, db_session)
+    return ModelDeletionResponse.from_task(task)
+
+
+@api_router.get("/delete/{task_id}", response_model=ModelDeletionResponse)
+def get_delete_task(task_id: str, db_session: DbSession) -> ModelDeletionResponse:
+    task = tasks_service.get_or_raise(db_session, task_id=task_id, kind=TaskKind.DELETE)
+    return ModelDeletionResponse.from_task(task)
+
+
+@api_router.get("/delete-status/{embedding_model_id:path}", response_model=ModelDeletionResponse)
+def get_latest_delete_task(embedding_model_id: str, db_session: DbSession) -> ModelDeletionResponse:
+    task = tasks_service.get_latest_or_raise(
+        db_session, embedding_model_id=embedding_model_id, kind=TaskKind.DELETE
+    )
+    return ModelDeletionResponse.from_task(task)
+
+
+@api_router.post("/delete/{task_id}/cancel", response_model=ModelDeletionResponse)
+def cancel_delete_task(
+    task_id: str, db_session: DbSession, request: Request
+) -> ModelDeletionResponse:
+    task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DELETE)
+    _notify_workers_after_commit(request, db_session)
+    return ModelDeletionResponse.from_task(task)
+
+
+def _notify_workers_after_commit(request: Request, db_session: Session) -> None:
+    """Wake this process's workers once the request's session commits (not before: a woken
+    worker must find the task). Apps without signals (some tests) skip it."""
+    signals = getattr(request.app.state, "signals", None)
+    if signals is None:
+        return
+    event.listen(db_session, "after_commit", lambda _: signals.notify(Topic.TASKS), once=True)
+
+
+def _settings(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else Settings()

@@ -1,0 +1,198 @@
+"""The model registry service: the load check, register, read, update, delete."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from factories import add_embedding_model, add_live_revision, checked_model
+
+from greenroom.db import Store
+from greenroom.deployments import service as deployments_service
+from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
+from greenroom.registry import service as registry_service
+from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
+from greenroom.registry.weights import content_hash
+from greenroom.tasks.models import Task
+
+TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def checked_tiny(tiny_model_dir: Path, onnx_cache_dir: Path) -> registry_service.CheckedModel:
+    return registry_service.check_source(
+        source=str(tiny_model_dir), cache_dir=onnx_cache_dir, timeout_s=TIMEOUT_S
+    )
+
+
+def test_check_source_loads_the_model(
+    checked_tiny: registry_service.CheckedModel, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    assert checked_tiny.path == tiny_model_dir.resolve()
+    assert checked_tiny.content_hash == content_hash(tiny_model_dir)
+    assert (checked_tiny.dimension, checked_tiny.pooling, checked_tiny.normalize) == (
+        32,
+        "mean",
+        True,
+    )
+    assert (onnx_cache_dir / checked_tiny.content_hash / "model.onnx").is_file()
+
+
+def test_check_source_of_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match="is not a directory on disk"):
+        registry_service.check_source(
+            source=str(tmp_path / "none"), cache_dir=tmp_path, timeout_s=TIMEOUT_S
+        )
+
+
+def test_check_source_of_a_model_that_does_not_load(
+    tiny_model_dir: Path, checked_tiny: registry_service.CheckedModel, tmp_path: Path
+) -> None:
+    broken = tmp_path / checked_tiny.content_hash
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelSourceError, match="does not load: ") as info:
+        registry_service.check_source(
+            source=str(tiny_model_dir), cache_dir=tmp_path, timeout_s=TIMEOUT_S
+        )
+    assert str(tiny_model_dir) in info.value.message
+    assert "Protobuf parsing failed" in info.value.message
+
+
+def test_check_source_is_bounded_in_time(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=r"did not load within 0\.01 seconds"):
+        registry_service.check_source(
+            source=str(tiny_model_dir), cache_dir=tmp_path, timeout_s=0.01
+        )
+
+
+def test_check_source_refuses_a_dimension_other_than_configured(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_service, "run_load_check", lambda **_: {"dimension": 7})
+    with pytest.raises(ModelSourceError, match="produces 7-dimensional vectors"):
+        registry_service.check_source(
+            source=str(tiny_model_dir), cache_dir=Path("/unused"), timeout_s=TIMEOUT_S
+        )
+
+
+def test_register(store: Store, tiny_model_dir: Path, onnx_cache_dir: Path) -> None:
+    model_in = EmbeddingModelCreate(id="tiny", source=str(tiny_model_dir), description="d")
+    with store.session_scope() as db_session:
+        model = registry_service.register(
+            db_session, model_in=model_in, cache_dir=onnx_cache_dir, timeout_s=TIMEOUT_S
+        )
+    with store.session_scope() as db_session:
+        stored = registry_service.get_or_raise(db_session, embedding_model_id="tiny")
+        config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
+    assert (stored.dimension, stored.description, stored.path) == (32, "d", model.path)
+    assert config is not None and config.model_revision == stored.content_hash
+
+
+def test_register_refuses_a_taken_id_before_checking(store: Store, tmp_path: Path) -> None:
+    model_in = EmbeddingModelCreate(id="tiny", source=str(tmp_path / "not-checked"))
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+        with pytest.raises(ConflictError, match="Embedding model 'tiny' already exists"):
+            registry_service.register(
+                db_session, model_in=model_in, cache_dir=tmp_path, timeout_s=TIMEOUT_S
+            )
+
+
+def test_create_refuses_an_id_registered_concurrently(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+    with (
+        store.session_scope() as db_session,
+        pytest.raises(ConflictError, match="'tiny' already exists"),
+    ):
+        registry_service.create(
+            db_session,
+            model_in=EmbeddingModelCreate(id="tiny", source="/models/fake"),
+            checked=checked_model(),
+        )
+
+
+def test_get_all_is_sorted_by_id(store: Store) -> None:
+    with store.session_scope() as db_session:
+        for model_id in ("b", "c", "a"):
+            add_embedding_model(db_session, model_id)
+        assert [m.id for m in registry_service.get_all(db_session)] == ["a", "b", "c"]
+
+
+def test_get_or_raise_an_unknown_model(store: Store) -> None:
+    with (
+        store.session_scope() as db_session,
+        pytest.raises(NotFoundError, match="Embedding model 'x' not found"),
+    ):
+        registry_service.get_or_raise(db_session, embedding_model_id="x")
+
+
+def test_update_source(store: Store, tiny_model_2_dir: Path, onnx_cache_dir: Path) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny", description="kept")
+        model = registry_service.update_source(
+            db_session,
+            embedding_model_id="tiny",
+            model_in=EmbeddingModelUpdate(source=str(tiny_model_2_dir)),
+            cache_dir=onnx_cache_dir,
+            timeout_s=TIMEOUT_S,
+        )
+        config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
+    assert model.content_hash == content_hash(tiny_model_2_dir)
+    assert model.description == "kept"
+    assert model.source == str(tiny_model_2_dir)
+    assert config is not None
+    assert (config.entity_version, config.model_revision) == (2, model.content_hash)
+
+
+def test_update_of_an_unknown_model(store: Store) -> None:
+    with store.session_scope() as db_session, pytest.raises(NotFoundError):
+        registry_service.update(
+            db_session,
+            embedding_model_id="x",
+            model_in=EmbeddingModelUpdate(source="/models/fake"),
+            checked=checked_model(),
+        )
+
+
+def test_delete_removes_the_model_and_its_configs(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+    with store.session_scope() as db_session:
+        registry_service.delete(db_session, embedding_model_id="tiny")
+    with store.session_scope() as db_session:
+        assert registry_service.get(db_session, embedding_model_id="tiny") is None
+        assert not deployments_service.list_config_versions(
+            db_session, workspace="default", name="tiny"
+        )
+
+
+def test_delete_refuses_a_deployed_model(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+        add_live_revision(db_session, embedding_model_id="tiny", served_name="team/search")
+        assert registry_service.is_deployed(db_session, embedding_model_id="tiny")
+        with pytest.raises(ConflictError, match="'tiny' is deployed"):
+            registry_service.delete(db_session, embedding_model_id="tiny")
+
+
+def test_delete_refuses_a_model_with_a_task_in_progress(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+        db_session.add(Task(id="deploy-1", kind="deploy", embedding_model_id="tiny"))
+        db_session.flush()
+        with pytest.raises(ConflictError, match="'tiny' has a task in progress"):
+            registry_service.delete(db_session, embedding_model_id="tiny")
+
+
+def test_delete_of_an_unknown_model(store: Store) -> None:
+    with store.session_scope() as db_session, pytest.raises(NotFoundError):
+        registry_service.delete(db_session, embedding_model_id="x")
+
+
+def test_a_copied_model_keeps_its_hash(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Hashes name weights, not places: a copy reuses the ONNX export of the original."""
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    assert content_hash(copy) == content_hash(tiny_model_dir)
