@@ -190,3 +190,18 @@ def test_a_killed_worker_is_taken_over_and_serving_continues(
         finally:
             for process in workers:
                 stop(process)
+
+
+def test_a_restart_brings_back_what_was_live(
+    tmp_path: Path, onnx_cache_dir: Path, tiny_model_dir: Path
+) -> None:
+    data_dir = data_dir_with_cache(tmp_path / "data", onnx_cache_dir)
+    settings = Settings(data_dir=data_dir, default_model_id="", drain_grace_s=5)
+    with running_server(create_app(settings)) as base:
+        call("POST", f"{base}/v1/embedding-models", json={"id": "c", "source": str(tiny_model_dir)})
+        assert deploy_and_wait(base, {"embedding_model_id": "c"})["status"] == "done"
+        before = embed(base, "c")
+    with running_server(create_app(settings)) as base:  # readyz: c has a ready replica again
+        np.testing.assert_allclose(embed(base, "c"), before, rtol=1e-5)
+        tasks = call("GET", f"{base}{TASKS}/tasks")
+        assert len(tasks) == 1  # nothing was redeployed: the store brought it back

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 
 from greenroom.client import DEFAULT_URL, ClientError, GreenroomClient, default_token
 
@@ -177,7 +177,7 @@ def _client(server: str) -> GreenroomClient:
 
 
 def _fail(exc: ClientError) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {exc}")
+    errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -297,10 +297,11 @@ def tasks(
         rows = _client(server).tasks(model, limit)
     except ClientError as exc:
         raise _fail(exc) from None
-    table = Table("id", "model", "status", "created", "detail")
+    table = Table("model", "status", "created", "detail")
+    table.columns.insert(0, Column("id", no_wrap=True))  # ids are what people copy
     for task in rows:
         table.add_row(
-            task["id"], task["embedding_model_id"], task["status"], task["created_at"],
+            task["id"], task["embedding_model_id"], task["status"], task["created_at"][:19],
             (task.get("detail") or "")[:80],
         )  # fmt: skip
     console.print(table)
@@ -317,7 +318,7 @@ def status(server: Server = DEFAULT_URL) -> None:
     except (ClientError, ValueError) as exc:
         raise _fail(ClientError(str(exc))) from None
     console.print(f"server {server}: {ready.get('status')} {ready.get('reason', '')}")
-    table = Table("model", "live", "latest task", "status", "detail")
+    table = Table("model", "live", Column("latest task", no_wrap=True), "status", "detail")
     for model in models:
         try:
             task = client.get(f"/internal/inference-deployment/deploy-status/{model['id']}")
@@ -337,7 +338,8 @@ def _after_submit(client: GreenroomClient, task: dict[str, Any], wait: bool) -> 
         return
     final = follow(client, task["id"])
     if final["status"] != "done":
-        errors.print(f"[red]{final['id']} {final['status']}:[/red] {final.get('detail') or ''}")
+        detail = final.get("detail") or ""
+        errors.print(f"[red]{final['id']} {final['status']}:[/red] {detail}", soft_wrap=True)
         raise typer.Exit(1)
     result = final.get("metadata", {}).get("result", "done")
     errors.print(f"[green]{final['id']} done[/green] ({result})")

@@ -75,6 +75,16 @@ def get_latest(db_session: Session, *, embedding_model_id: str, kind: TaskKind) 
     ).first()
 
 
+def list_recent(
+    db_session: Session, *, embedding_model_id: str | None = None, limit: int = 20
+) -> list[Task]:
+    """The newest tasks of every kind, of one served name or of all."""
+    query = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    if embedding_model_id is not None:
+        query = query.where(Task.embedding_model_id == canonical(embedding_model_id))
+    return list(db_session.scalars(query).all())
+
+
 def get_latest_or_raise(db_session: Session, *, embedding_model_id: str, kind: TaskKind) -> Task:
     task = get_latest(db_session, embedding_model_id=embedding_model_id, kind=kind)
     if task is None:

@@ -6,7 +6,9 @@ Thin views: parse, call one service function, shape the response. Workers are wo
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -59,6 +61,19 @@ def cancel_deploy_task(
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
     _notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.get("/tasks", response_model=list[ModelDeploymentResponse])
+def list_tasks(
+    db_session: DbSession,
+    embedding_model_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> list[ModelDeploymentResponse]:
+    """Recent tasks of every kind, newest first (greenroom's addition, for `greenroom tasks`)."""
+    tasks = tasks_service.list_recent(
+        db_session, embedding_model_id=embedding_model_id, limit=limit
+    )
+    return [ModelDeploymentResponse.from_task(task) for task in tasks]
 
 
 @api_router.post("/delete", response_model=ModelDeletionResponse)
