@@ -68,7 +68,10 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         def start(coroutine: Coroutine[Any, Any, None], name: str) -> None:
             loops.append(asyncio.create_task(coroutine, name=name))
 
-        start(Reconciler(store, backend, signals, target=settings.runtime).run(), "reconcile")
+        reconciler = Reconciler(
+            store, backend, signals, target=settings.runtime, lost_after_s=settings.lost_after_s
+        )
+        start(reconciler.run(), "reconcile")
         start(sync.run(), "router sync")
         worker = None
         if settings.worker_enabled:

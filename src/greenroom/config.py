@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     replica_stop_grace_s: float = 10.0
     # How long queued requests wait for a replica of a live revision to come back before a 503.
     replica_wait_s: float = 10.0
+    # A live revision whose replicas are all down this long turns its deployment version LOST.
+    lost_after_s: float = 10.0
 
     # Store: SQLite `greenroom.db` in the data dir unless a URL is given (postgresql+psycopg://…).
     database_url: str | None = None

@@ -117,15 +117,17 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    store: Store, onnx_cache_dir: Path, tmp_path: Path
+    store: Store, onnx_cache_dir: Path, tmp_path: Path, *, auto_restart: bool = True
 ) -> AsyncIterator[ControlPlane]:
     settings = Settings(data_dir=tmp_path, drain_grace_s=5, rollout_ready_timeout_s=60)
     signals = Signals()
-    runtime = FakeRuntime(real_engines(onnx_cache_dir), auto_restart=True)
+    runtime = FakeRuntime(real_engines(onnx_cache_dir), auto_restart=auto_restart)
     metrics = Metrics()
     router = Router(runtime, metrics, settings)
     loops = [
-        asyncio.create_task(Reconciler(store, runtime, signals, target="local").run()),
+        asyncio.create_task(
+            Reconciler(store, runtime, signals, target="local", lost_after_s=0.3).run()
+        ),
         asyncio.create_task(RouterSync(store, router, signals).run()),
     ]
     try:
@@ -339,3 +341,35 @@ async def test_requests_keep_succeeding_through_a_switch(
         stop.set()
         await asyncio.gather(*clients)
         assert results and set(results) == {"ok"}
+
+
+async def wait_for_state(check: Any, what: str) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not happen")
+
+
+@async_test
+async def test_replicas_down_turn_degraded_then_lost_and_recover(
+    store: Store, onnx_cache_dir: Path, tmp_path: Path, paths: tuple[Path, Path]
+) -> None:
+    async with control_plane(store, onnx_cache_dir, tmp_path, auto_restart=False) as plane:
+        plane.point_model_at(paths[0], replicas=2)
+        revision_id = (await plane.deploy()).task_metadata["revision_id"]
+        await plane.runtime.crash(f"{revision_id}-0")
+        await wait_for_state(lambda: plane.revision(revision_id).phase == "Degraded", "Degraded")
+        assert "1 of 2 replicas ready" in plane.revision(revision_id).phase_message
+        assert plane.deployments()[-1].status == "READY"  # one replica still serves
+        await plane.runtime.crash(f"{revision_id}-1")
+        await wait_for_state(lambda: plane.deployments()[-1].status == "LOST", "LOST")
+        assert (
+            "Every replica of the live revision is down" in plane.deployments()[-1].status_message
+        )
+        await plane.runtime.restart(f"{revision_id}-0")
+        await plane.runtime.restart(f"{revision_id}-1")
+        await wait_for_state(lambda: plane.deployments()[-1].status == "READY", "READY again")
+        await wait_for_state(lambda: plane.revision(revision_id).phase == "Running", "Running")
+        statuses = [entry["status"] for entry in plane.deployments()[-1].status_history]
+        assert statuses[-2:] == ["LOST", "READY"]

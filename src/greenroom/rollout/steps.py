@@ -103,17 +103,27 @@ class StepContext:
 async def snapshot(ctx: StepContext) -> StepOutcome:
     if ctx.metadata.get("revision_id"):
         return done("resumed: the revision was already snapshotted")
-    result = await ctx.db(_snapshot, ctx)
-    await ctx.save(**result["metadata"])
+    result = await ctx.db(_snapshot_and_record, ctx)
+    ctx.metadata.update(result["metadata"])
     if result.get("unchanged"):
         return StepOutcome(StepStatus.DONE, result["message"], unchanged=True)
     return done(result["message"])
 
 
+def _snapshot_and_record(session: Session, ctx: StepContext) -> dict[str, Any]:
+    """The snapshot and its record in the task commit together: a take-over never repeats it."""
+    result = _snapshot(session, ctx)
+    task = session.get(Task, ctx.task_id)
+    assert task is not None
+    task.task_metadata = {**task.task_metadata, **result["metadata"]}
+    return result
+
+
 def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
     workspace, name = split_served_name(ctx.served_name)
     latest = _latest_deployment(session, workspace, name)
-    config = _deploy_config(session, ctx, workspace, name, latest)
+    requested = _requested_version(session, ctx)  # pre-created by the deployments API
+    config = _deploy_config(session, ctx, workspace, name, requested or latest)
     model = session.get(EmbeddingModel, config.model_name)
     if model is None:
         raise StepFailed(f"Embedding model '{config.model_name}' is not registered any more.")
@@ -130,13 +140,15 @@ def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
         "config": executor,
         "runtime": runtime,
     }
-    if blue is not None and blue.snapshot() == wanted and blue.ready_replicas >= 1:
+    unchanged = blue is not None and blue.snapshot() == wanted and blue.ready_replicas >= 1
+    if unchanged and requested is None:
+        assert blue is not None
         return {
             "unchanged": True,
             "message": "this exact revision is already live and healthy",
             "metadata": {"revision_id": blue.id, "deployment_id": blue.deployment_id},
         }
-    deployment = _new_deployment_version(session, ctx, workspace, name, latest, config)
+    deployment = requested or _new_deployment_version(session, ctx, workspace, name, latest, config)
     session.add(
         Revision(
             id=deployment.revision_id,
@@ -164,6 +176,19 @@ def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
     }
 
 
+def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
+    """The deployment version this task was queued for, when the deployments API created it."""
+    revision_id = ctx.metadata.get("deployment_revision_id")
+    if not revision_id:
+        return None
+    deployment = session.scalars(
+        select(Deployment).where(Deployment.revision_id == revision_id)
+    ).first()
+    if deployment is None:
+        raise StepFailed(f"The deployment version with revision {revision_id} no longer exists.")
+    return deployment
+
+
 def _latest_deployment(session: Session, workspace: str, name: str) -> Deployment | None:
     return session.scalars(
         select(Deployment)
@@ -178,10 +203,13 @@ def _deploy_config(
 ) -> DeploymentConfig:
     config_name = ctx.metadata.get("config") or (latest.config if latest else name)
     config_workspace = ctx.metadata.get("workspace", workspace)
+    version = ctx.metadata.get("config_version")
+    if latest is not None and latest.revision_id == ctx.metadata.get("deployment_revision_id"):
+        config_name, version = latest.config, latest.config_version
     query = select(DeploymentConfig).where(
         DeploymentConfig.workspace == config_workspace, DeploymentConfig.name == config_name
     )
-    if version := ctx.metadata.get("config_version"):
+    if version:
         query = query.where(DeploymentConfig.entity_version == version)
     config = session.scalars(
         query.order_by(DeploymentConfig.entity_version.desc()).limit(1)

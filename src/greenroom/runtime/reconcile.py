@@ -13,15 +13,21 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from greenroom.config import default_threads
 from greenroom.db import Store, utcnow
+from greenroom.deployments.models import Deployment
+from greenroom.deployments.states import DeploymentStatus, set_status
 from greenroom.runtime.base import ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.serving.models import LiveRevision
 from greenroom.signals import Signals, Topic
 from greenroom.workloads.models import Revision
+from greenroom.workloads.states import RevisionPhase, set_phase
 
 log = logging.getLogger("greenroom.reconcile")
 
@@ -58,8 +64,16 @@ def plan(desired: list[RevisionSpec], running: set[str]) -> Plan:
 
 class Reconciler:
     def __init__(
-        self, store: Store, runtime: RuntimeBackend, signals: Signals, *, target: str | None = None
+        self,
+        store: Store,
+        runtime: RuntimeBackend,
+        signals: Signals,
+        *,
+        target: str | None = None,
+        lost_after_s: float = 10.0,
     ) -> None:
+        self.lost_after_s = lost_after_s
+        self._down_since: dict[str, datetime] = {}  # live revisions with no ready replica
         self.store = store
         self.runtime = runtime
         self.target = target or runtime.name  # the runtime target (`local`, `ray`) it serves
@@ -69,6 +83,7 @@ class Reconciler:
         runtime.subscribe(self._on_runtime_change)
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         reporter = asyncio.create_task(self._report_loop())
         try:
             while True:
@@ -131,6 +146,51 @@ class Reconciler:
                 revision.replicas = [replica_report(r) for r in replicas]
                 revision.ready_replicas = sum(r.state.is_ready() for r in replicas)
                 revision.reported_at = now
+                self._record_health(session, revision, now)
+
+    def _record_health(self, session: Session, revision: Revision, now: datetime) -> None:
+        """A live revision: Running with every replica ready, Degraded with fewer; its deployment
+        version LOST once none has been ready for `lost_after_s`, READY again on recovery."""
+        live = session.get(LiveRevision, revision.served_name)
+        if live is None or live.revision_id != revision.id:
+            return
+        if revision.phase not in (RevisionPhase.RUNNING, RevisionPhase.DEGRADED):
+            return
+        deployment = session.scalars(
+            select(Deployment).where(Deployment.revision_id == revision.id)
+        ).first()
+        ready, wanted = revision.ready_replicas, revision.desired_replicas
+        if ready >= wanted:
+            self._down_since.pop(revision.id, None)
+            set_phase(revision, RevisionPhase.RUNNING)
+            if deployment is not None and deployment.status == DeploymentStatus.LOST:
+                set_status(deployment, DeploymentStatus.READY, "Replicas are ready again")
+            return
+        reasons = "; ".join(sorted({r["message"] for r in revision.replicas if r["message"]}))
+        set_phase(
+            revision, RevisionPhase.DEGRADED, f"{ready} of {wanted} replicas ready: {reasons}"
+        )
+        if ready > 0:
+            self._down_since.pop(revision.id, None)
+            if deployment is not None and deployment.status == DeploymentStatus.LOST:
+                set_status(deployment, DeploymentStatus.READY, "Replicas are ready again")
+            return
+        down_since = self._down_since.setdefault(revision.id, now)
+        if (now - down_since).total_seconds() < self.lost_after_s:
+            self._recheck_later(revision.id)
+        elif deployment is not None:
+            set_status(
+                deployment,
+                DeploymentStatus.LOST,
+                f"Every replica of the live revision is down: {reasons or 'no replica ready'}",
+            )
+
+    def _recheck_later(self, revision_id: str) -> None:
+        def recheck() -> None:
+            self._dirty.add(revision_id)
+            self._report_now.set()
+
+        self._loop.call_soon_threadsafe(self._loop.call_later, self.lost_after_s, recheck)
 
 
 def replica_report(replica: ReplicaStatus) -> dict[str, object]:
