@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +59,14 @@ class Settings(BaseSettings):
     smoke_latency_bound_s: float = 5.0
     # Registration: how long the load check of a new model may take.
     registration_timeout_s: float = 300.0
+
+    # How this installation names itself in the workloads API (stable defaults for one machine).
+    tenant_id: int = 1
+    cluster_id: str = Field(
+        default_factory=lambda: str(uuid.uuid5(uuid.NAMESPACE_DNS, socket.getfqdn()))
+    )
+    department_id: str = "default"
+    project_id: str = "default"
 
     max_request_bytes: int = 8 * 1024 * 1024
     max_input_items: int = 2048

@@ -119,28 +119,45 @@ def _snapshot_and_record(session: Session, ctx: StepContext) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What a new revision will run: weights and serving settings."""
+
+    embedding_model_id: str
+    source: str
+    model_path: str
+    content_hash: str
+    engine: str
+    config: dict[str, Any]
+    runtime: str
+
+    def matches(self, revision: Revision) -> bool:
+        return revision.snapshot() == {
+            "content_hash": self.content_hash,
+            "engine": self.engine,
+            "config": self.config,
+            "runtime": self.runtime,
+        }
+
+
 def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
     workspace, name = split_served_name(ctx.served_name)
     latest = _latest_deployment(session, workspace, name)
     requested = _requested_version(session, ctx)  # pre-created by the deployments API
-    config = _deploy_config(session, ctx, workspace, name, requested or latest)
-    model = session.get(EmbeddingModel, config.model_name)
-    if model is None:
-        raise StepFailed(f"Embedding model '{config.model_name}' is not registered any more.")
-    serving = ServingSettings(engine=config.engine, **config.executor_config)
-    executor = serving.model_dump(exclude={"engine"})
-    executor["threads"] = config.executor_config.get("threads") or default_threads()
-    runtime = serving.runtime or ctx.settings.runtime
-    executor["runtime"] = runtime
+    rollback_of = ctx.metadata.get("rollback_of")
+    if rollback_of:
+        target = _revision(session, rollback_of)
+        wanted = _snapshot_of_revision(target)
+        version = _version_of(session, target) or latest
+        config = _deploy_config(session, ctx, workspace, name, version, exact=True)
+    else:
+        config = _deploy_config(
+            session, ctx, workspace, name, requested or latest, exact=requested is not None
+        )
+        wanted = _snapshot_of_config(session, ctx, config)
     live = session.get(LiveRevision, ctx.served_name)
     blue = session.get(Revision, live.revision_id) if live else None
-    wanted = {
-        "content_hash": model.content_hash,
-        "engine": config.engine,
-        "config": executor,
-        "runtime": runtime,
-    }
-    unchanged = blue is not None and blue.snapshot() == wanted and blue.ready_replicas >= 1
+    unchanged = blue is not None and wanted.matches(blue) and blue.ready_replicas >= 1
     if unchanged and requested is None:
         assert blue is not None
         return {
@@ -154,19 +171,22 @@ def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
             id=deployment.revision_id,
             deployment_id=deployment.id,
             served_name=ctx.served_name,
-            embedding_model_id=model.id,
-            source=model.source,
-            model_path=model.path,
-            content_hash=model.content_hash,
-            engine=config.engine,
-            config=executor,
-            runtime=runtime,
+            embedding_model_id=wanted.embedding_model_id,
+            source=wanted.source,
+            model_path=wanted.model_path,
+            content_hash=wanted.content_hash,
+            engine=wanted.engine,
+            config=wanted.config,
+            runtime=wanted.runtime,
             phase=RevisionPhase.CREATING,
         )
     )
+    what = (
+        f"a rollback to {rollback_of}" if rollback_of else f"config version {config.entity_version}"
+    )
     return {
         "message": f"revision {deployment.revision_id} (deployment version "
-        f"{deployment.entity_version}, config version {config.entity_version})",
+        f"{deployment.entity_version}, {what})",
         "metadata": {
             "revision_id": deployment.revision_id,
             "previous_revision_id": blue.id if blue else None,
@@ -174,6 +194,42 @@ def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
             "config_version": config.entity_version,
         },
     }
+
+
+def _snapshot_of_config(session: Session, ctx: StepContext, config: DeploymentConfig) -> Snapshot:
+    model = session.get(EmbeddingModel, config.model_name)
+    if model is None:
+        raise StepFailed(f"Embedding model '{config.model_name}' is not registered any more.")
+    serving = ServingSettings(engine=config.engine, **config.executor_config)
+    executor = serving.model_dump(exclude={"engine"})
+    executor["threads"] = config.executor_config.get("threads") or default_threads()
+    runtime = serving.runtime or ctx.settings.runtime
+    executor["runtime"] = runtime
+    return Snapshot(
+        embedding_model_id=model.id,
+        source=model.source,
+        model_path=model.path,
+        content_hash=model.content_hash,
+        engine=config.engine,
+        config=executor,
+        runtime=runtime,
+    )
+
+
+def _snapshot_of_revision(revision: Revision) -> Snapshot:
+    return Snapshot(
+        embedding_model_id=revision.embedding_model_id,
+        source=revision.source,
+        model_path=revision.model_path,
+        content_hash=revision.content_hash,
+        engine=revision.engine,
+        config=dict(revision.config),
+        runtime=revision.runtime,
+    )
+
+
+def _version_of(session: Session, revision: Revision) -> Deployment | None:
+    return session.scalars(select(Deployment).where(Deployment.revision_id == revision.id)).first()
 
 
 def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
@@ -199,13 +255,21 @@ def _latest_deployment(session: Session, workspace: str, name: str) -> Deploymen
 
 
 def _deploy_config(
-    session: Session, ctx: StepContext, workspace: str, name: str, latest: Deployment | None
+    session: Session,
+    ctx: StepContext,
+    workspace: str,
+    name: str,
+    base: Deployment | None,
+    *,
+    exact: bool = False,
 ) -> DeploymentConfig:
-    config_name = ctx.metadata.get("config") or (latest.config if latest else name)
+    """The config to deploy: the task's config version, else the base version's config (its
+    exact version when `exact`: a pre-created version or a rollback target), else `name`."""
+    config_name = ctx.metadata.get("config") or (base.config if base else name)
     config_workspace = ctx.metadata.get("workspace", workspace)
     version = ctx.metadata.get("config_version")
-    if latest is not None and latest.revision_id == ctx.metadata.get("deployment_revision_id"):
-        config_name, version = latest.config, latest.config_version
+    if exact and base is not None:
+        config_name, version = base.config, base.config_version
     query = select(DeploymentConfig).where(
         DeploymentConfig.workspace == config_workspace, DeploymentConfig.name == config_name
     )
