@@ -671,10 +671,9 @@ class DirectResult:
     mean_ms: float
 
 
-@contextlib.contextmanager
-def own_replica(model: ModelRef, cache_dir: Path, log_path: Path) -> Iterator[int]:
-    """A replica process started like the supervisor starts one; yields its port."""
-    command = [
+def replica_command(model: ModelRef, cache_dir: Path) -> list[str]:
+    """The command line of a replica process, as the supervisor starts one (ONNX fp32)."""
+    return [
         sys.executable, "-m", "greenroom.runtime.replica",
         "--model-path", str(model.path),
         "--content-hash", model.content_hash,
@@ -684,6 +683,12 @@ def own_replica(model: ModelRef, cache_dir: Path, log_path: Path) -> Iterator[in
         "--host", HOST,
         "--parent-pid", str(os.getpid()),
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def own_replica(model: ModelRef, cache_dir: Path, log_path: Path) -> Iterator[int]:
+    """A replica process started like the supervisor starts one; yields its port."""
+    command = replica_command(model, cache_dir)
     progress("starting a replica of our own for the direct measurement")
     with log_path.open("ab") as log:
         process = subprocess.Popen(

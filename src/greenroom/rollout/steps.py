@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -61,6 +62,7 @@ class StepContext:
     task_id: str
     served_name: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    green_probe: np.ndarray | None = None  # the smoke test's vectors, reused by the gate
 
     async def db(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(session, *args)` in one transaction, off the event loop."""
@@ -361,6 +363,7 @@ async def smoke_test(ctx: StepContext) -> StepOutcome:
     )
     if problem:
         raise StepFailed(f"Green failed the smoke test: {problem}.")
+    ctx.green_probe = result.vectors
     return done(f"{len(result.vectors)} probe vectors fine in {result.latency_s * 1000:.0f} ms")
 
 
@@ -381,10 +384,14 @@ async def compatibility_gate(ctx: StepContext) -> StepOutcome:
     threshold = ctx.settings.compatibility_threshold
     if not blue_id:
         return skipped("no live revision to compare with")
-    green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
     blue = await ctx.db(_probe_target, blue_id)
     try:
-        green_vectors = (await embed_probes(Path(green["model_path"]), green["replicas"])).vectors
+        green_vectors = ctx.green_probe
+        if green_vectors is None:  # resumed after a take-over: probe green again
+            green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
+            green_vectors = (
+                await embed_probes(Path(green["model_path"]), green["replicas"])
+            ).vectors
         blue_vectors = (await embed_probes(Path(blue["model_path"]), blue["replicas"])).vectors
     except ProbeError as exc:
         raise StepFailed(f"Cannot compare blue and green: {exc}.") from exc

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,7 @@ class Router:
         self.settings = settings
         self._routes: dict[str, RevisionRoute] = {}  # by revision id
         self._live: dict[str, RevisionRoute] = {}  # by served name
+        self._drained_listeners: list[Callable[[str], None]] = []
         runtime.subscribe(self._on_runtime_change)
 
     # ----- the live-revision pointer -------------------------------------------------------
@@ -122,6 +124,16 @@ class Router:
 
     def live_routes(self) -> dict[str, RevisionRoute]:
         return dict(self._live)
+
+    def on_drained(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(revision_id)` when a revision that is not live has nothing in flight."""
+        self._drained_listeners.append(listener)
+
+    def _batch_done(self, route: RevisionRoute) -> None:
+        route.batches_in_flight -= 1
+        if route.in_flight() == 0 and route not in self._live.values():
+            for listener in self._drained_listeners:
+                listener(route.revision_id)
 
     def revision_ids(self) -> set[str]:
         return set(self._routes)
@@ -275,7 +287,7 @@ class Router:
                     route.queue.put_front([i for i in batch if not i.future.done()])
                     raise
                 finally:
-                    route.batches_in_flight -= 1
+                    self._batch_done(route)
         finally:
             if route.workers.get(key) is asyncio.current_task():
                 del route.workers[key]

@@ -47,6 +47,8 @@ class RouterSync:
         self.router_id = new_router_id()
         self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
         self._last_report: tuple[dict, dict] | None = None
+        # a drain waits on our report: send it as soon as a retired revision's last batch is done
+        router.on_drained(lambda _revision_id: signals.notify(Topic.LIVE))
 
     async def run(self) -> None:
         while True:
