@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # bench/ is not a package: serving.py is imported from the path set just above.
 from serving import (
+    AUTH_HEADERS,
     HOST,
     MAX_CALLS,
     MODEL_NAME,
@@ -442,7 +443,7 @@ def drive(
     """Under the running load: the rollouts, with the bare starts spread between them."""
     positions = bare_positions(args.deploys)
     pause(LEAD_S, pending)
-    with httpx.Client(base_url=server.base_url, timeout=30.0) as api:
+    with httpx.Client(base_url=server.base_url, timeout=30.0, headers=AUTH_HEADERS) as api:
         for number in range(args.deploys + 1):
             for _ in range(positions.count(number)):
                 report.bare.append(bare_start(model, cache_dir, bare_log))

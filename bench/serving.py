@@ -71,7 +71,11 @@ REFERENCE_BATCHER_RPS = (106.0, 118.0)  # a plain FastAPI + batcher
 REFERENCE_POPULAR_RPS = 75.0  # a popular embedding server
 LIMIT_FRACTION_GOAL = 0.9
 OVERHEAD_GOAL_MS = 1.0
-JSON_HEADERS = {"content-type": "application/json"}
+# The server's admin token (GREENROOM_ADMIN_TOKEN): every route but /healthz and /readyz needs one,
+# so the embedding requests measured here pay for the token check as applications do.
+BENCH_TOKEN = "greenroom-bench-admin-token-loopback-only-0123456789"
+AUTH_HEADERS = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+EMBED_HEADERS = {"content-type": "application/json", **AUTH_HEADERS}
 BATCH_SAMPLES = (
     "greenroom_batch_size_sum",
     "greenroom_batch_size_count",
@@ -340,6 +344,7 @@ def server_env(runtime: str) -> dict[str, str]:
         "GREENROOM_RUNTIME": runtime,
         "GREENROOM_DEFAULT_MODEL_ID": MODEL_NAME,
         "GREENROOM_DEFAULT_MODEL_SOURCE": MODEL_SOURCE,
+        "GREENROOM_ADMIN_TOKEN": BENCH_TOKEN,
     }
 
 
@@ -461,7 +466,7 @@ def scrape_metrics(server: Server) -> dict[str, float]:
     """Batch size and batch round-trip sums and counts, and requests by status (served model)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10.0).text
+    text = httpx.get(f"{server.base_url}/metrics", headers=AUTH_HEADERS, timeout=10.0).text
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -578,7 +583,7 @@ async def one_request(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) ->
         if spec.path == "/healthz":
             response = await client.get(spec.path)
         else:
-            response = await client.post(spec.path, content=body, headers=JSON_HEADERS)
+            response = await client.post(spec.path, content=body, headers=EMBED_HEADERS)
     except httpx.HTTPError as exc:
         ended = time.perf_counter()
         return (ended, ended - started, False), f"{type(exc).__name__}: {exc}"[:200]

@@ -132,9 +132,12 @@ def add_live_revision(
 
 # ----- API apps for view tests: chosen routers, the app's error shapes, no lifespan --------------
 
-from fastapi import APIRouter, FastAPI  # noqa: E402
+from fastapi import APIRouter, Depends, FastAPI  # noqa: E402
 
 from greenroom.app import install_error_handlers  # noqa: E402
+from greenroom.auth.deps import authorize  # noqa: E402
+from greenroom.auth.scopes import Scope, effective_scopes  # noqa: E402
+from greenroom.auth.service import Authenticator, Principal  # noqa: E402
 from greenroom.config import Settings  # noqa: E402
 from greenroom.db import Store  # noqa: E402
 from greenroom.signals import Topic  # noqa: E402
@@ -150,10 +153,27 @@ class RecordingSignals:
         self.notified.extend(topics)
 
 
+# Who view tests act for: the bootstrap admin token's principal.
+ADMIN_PRINCIPAL = Principal(
+    id="00000000-0000-4000-8000-000000000001",
+    name="admin",
+    scopes=effective_scopes([Scope.ADMIN]),
+)
+
+
 def api_app(
-    store: Store, settings: Settings, *routers: APIRouter, signals: object = None
+    store: Store,
+    settings: Settings,
+    *routers: APIRouter,
+    signals: object = None,
+    principal: Principal | None = ADMIN_PRINCIPAL,
 ) -> FastAPI:
-    app = FastAPI()
+    """Requests act for `principal` without a token; with `principal=None` they authenticate
+    as in `create_app` (a bearer token from the store with the scope its route needs)."""
+    app = FastAPI(dependencies=[Depends(authorize)])
+    if principal is not None:
+        app.dependency_overrides[authorize] = lambda: principal
+    app.state.authenticator = Authenticator(store)
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)

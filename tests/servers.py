@@ -1,4 +1,8 @@
-"""Run a greenroom app in a background thread on 127.0.0.1 for HTTP-level tests."""
+"""Run a greenroom app in a background thread on 127.0.0.1 for HTTP-level tests.
+
+Test servers take `ADMIN_TOKEN` as their admin token (`Settings(admin_token=ADMIN_TOKEN)`, as
+`GREENROOM_ADMIN_TOKEN` would) and tests send it (`ADMIN_HEADERS`).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ import uvicorn
 from fastapi import FastAPI
 
 START_DEADLINE_S = 120.0
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijklmnopqrstuv"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @contextmanager
 def running_server(app: FastAPI, *, wait_ready: bool = True) -> Iterator[str]:
-    """Serve the app until the block ends; yields the base URL.
+    """Serve the app until the block ends; yields the base URL (waiting on the open `/readyz`).
 
     The server (and with it every replica it started) is shut down on exit.
     """

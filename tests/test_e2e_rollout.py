@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers import wait_until_sync
-from servers import running_server
+from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
 from greenroom.config import Settings
@@ -37,7 +37,7 @@ def data_dir_with_cache(root: Path, onnx_cache_dir: Path) -> Path:
 
 
 def call(method: str, url: str, **kwargs: Any) -> Any:
-    response = httpx.request(method, url, timeout=120, **kwargs)
+    response = httpx.request(method, url, timeout=120, headers=ADMIN_HEADERS, **kwargs)
     assert response.status_code < 400, response.text
     return response.json() if response.content else None
 
@@ -69,6 +69,7 @@ def server(tmp_path: Path, onnx_cache_dir: Path) -> Iterator[str]:
         data_dir=data_dir_with_cache(tmp_path / "data", onnx_cache_dir),
         default_model_id="",
         drain_grace_s=5,
+        admin_token=ADMIN_TOKEN,
     )
     with running_server(create_app(settings)) as url:
         yield url
@@ -103,7 +104,9 @@ def test_register_deploy_change_refuse_allow_delete(
 
     deletion = call("POST", f"{server}{TASKS}/delete", json={"embedding_model_id": "a"})
     assert wait_task(server, deletion["id"], "delete")["status"] == "done"
-    response = httpx.post(f"{server}/v1/embeddings", json={"model": "a", "input": "x"})
+    response = httpx.post(
+        f"{server}/v1/embeddings", json={"model": "a", "input": "x"}, headers=ADMIN_HEADERS
+    )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
 
@@ -132,7 +135,11 @@ def test_a_killed_worker_is_taken_over_and_serving_continues(
 ) -> None:
     data_dir = data_dir_with_cache(tmp_path / "data", onnx_cache_dir)
     settings = Settings(
-        data_dir=data_dir, default_model_id="", worker_enabled=False, drain_grace_s=5
+        data_dir=data_dir,
+        default_model_id="",
+        worker_enabled=False,
+        drain_grace_s=5,
+        admin_token=ADMIN_TOKEN,
     )
     workers: list[subprocess.Popen] = []
     app = create_app(settings)
@@ -150,7 +157,7 @@ def test_a_killed_worker_is_taken_over_and_serving_continues(
             stop_traffic = threading.Event()
 
             def traffic() -> None:
-                with httpx.Client(timeout=30) as client:
+                with httpx.Client(timeout=30, headers=ADMIN_HEADERS) as client:
                     while not stop_traffic.is_set():
                         r = client.post(f"{base}/v1/embeddings", json={"model": "b", "input": "hi"})
                         if r.status_code != 200:
@@ -196,7 +203,9 @@ def test_a_restart_brings_back_what_was_live(
     tmp_path: Path, onnx_cache_dir: Path, tiny_model_dir: Path
 ) -> None:
     data_dir = data_dir_with_cache(tmp_path / "data", onnx_cache_dir)
-    settings = Settings(data_dir=data_dir, default_model_id="", drain_grace_s=5)
+    settings = Settings(
+        data_dir=data_dir, default_model_id="", drain_grace_s=5, admin_token=ADMIN_TOKEN
+    )
     with running_server(create_app(settings)) as base:
         call("POST", f"{base}/v1/embedding-models", json={"id": "c", "source": str(tiny_model_dir)})
         assert deploy_and_wait(base, {"embedding_model_id": "c"})["status"] == "done"

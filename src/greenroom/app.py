@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import (
     http_exception_handler,
     request_validation_exception_handler,
@@ -18,10 +18,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from greenroom import __version__
-from greenroom.bootstrap import StartupState, bootstrap
+from greenroom.auth import views as auth_views
+from greenroom.auth.deps import authorize
+from greenroom.auth.service import Authenticator
+from greenroom.bootstrap import StartupState, bootstrap, ensure_admin_token
 from greenroom.config import Settings
 from greenroom.db import Store
-from greenroom.errors import GreenroomError, ModelNotFoundError, OverloadedError
+from greenroom.deployments import views as deployments_views
+from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.migrations import upgrade
 from greenroom.ops import views as ops_views
@@ -37,6 +41,7 @@ from greenroom.serving.views import is_openai_path, openai_error
 from greenroom.signals import Signals
 from greenroom.tasks import views as tasks_views
 from greenroom.worker.loop import Worker, default_worker_id
+from greenroom.workloads import views as workloads_views
 
 log = logging.getLogger("greenroom.app")
 WORKER_STOP_GRACE_S = 5.0
@@ -50,6 +55,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         settings.resolved_data_dir().mkdir(parents=True, exist_ok=True)
         store = Store(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, store.url)
+        await asyncio.to_thread(ensure_admin_token, settings, store)
         signals, metrics = Signals(), Metrics()
         backend = runtime or LocalRuntime(settings)
         router = Router(backend, metrics, settings)
@@ -63,6 +69,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
             metrics,
         )
         state.runtime, state.router, state.startup = backend, router, StartupState()
+        state.authenticator = Authenticator(store)
         loops: list[asyncio.Task[None]] = []
 
         def start(coroutine: Coroutine[Any, Any, None], name: str) -> None:
@@ -109,43 +116,98 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         version=__version__,
         description="Green deployments and an OpenAI-compatible endpoint for embedding models.",
         lifespan=lifespan,
+        # Every route needs a token, with the scope `greenroom.auth.policy` gives its path (as
+        # declared: each router carries its own prefix, `include_router` adds none).
+        dependencies=[Depends(authorize)],
     )
-    for views in (serving_views, ops_views, registry_views, tasks_views):
+    for views in (
+        serving_views,
+        ops_views,
+        registry_views,
+        tasks_views,
+        deployments_views,
+        workloads_views,
+        auth_views,
+    ):
         app.include_router(views.api_router)
     install_error_handlers(app)
     return app
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Each API family answers errors in its own shape; `/v1/embeddings` in OpenAI's."""
+    """Each API family answers errors in its own shape; `render_error` picks it by path."""
 
     @app.exception_handler(GreenroomError)
     async def greenroom_error(request: Request, exc: GreenroomError) -> Response:
-        headers = {"Retry-After": "1"} if isinstance(exc, OverloadedError) else None
-        if is_openai_path(request.url.path):
-            code = "model_not_found" if isinstance(exc, ModelNotFoundError) else None
-            param = "model" if code else None
-            return openai_error(
-                exc.status_code, exc.message, code=code, param=param, headers=headers
-            )
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+        code = "model_not_found" if isinstance(exc, ModelNotFoundError) else None
+        return render_error(
+            request.url.path,
+            exc.status_code,
+            exc.message,
+            headers=exc.headers,
+            code=code,
+            param="model" if code else None,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if is_openai_path(request.url.path):
-            return openai_error(exc.status_code, str(exc.detail))
-        return await http_exception_handler(request, exc)
+        if error_family(request.url.path) == "detail":
+            return await http_exception_handler(request, exc)
+        return render_error(request.url.path, exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        if is_openai_path(request.url.path):
-            return openai_error(400, "The request is invalid: " + str(exc.errors()[:1]))
-        return await request_validation_exception_handler(request, exc)
+        if error_family(request.url.path) == "detail":
+            return await request_validation_exception_handler(request, exc)
+        message = "The request is invalid: " + str(exc.errors()[:1])
+        return render_error(request.url.path, 400, message)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
         message = "Internal error; the server log has the details."
-        if is_openai_path(request.url.path):
-            return openai_error(500, message)
-        return JSONResponse({"detail": message}, status_code=500)
+        return render_error(request.url.path, 500, message)
+
+
+ErrorFamily = Literal["openai", "workloads", "detail"]
+WORKLOADS_PATH_PREFIX = "/api/v1/workloads"
+WORKLOADS_FORBIDDEN = "You do not have sufficient permissions."
+
+
+def error_family(path: str) -> ErrorFamily:
+    """OpenAI's envelope on `/v1/embeddings` and `/v1/models` (api/embeddings.md), `{"code",
+    "message"}` on the workloads API (api/workloads.md), `{"detail"}` on every other API."""
+    if is_openai_path(path):
+        return "openai"
+    if path.startswith(WORKLOADS_PATH_PREFIX):
+        return "workloads"
+    return "detail"
+
+
+def render_error(
+    path: str,
+    status_code: int,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
+    param: str | None = None,
+) -> Response:
+    """An error in the shape of the API family `path` belongs to; `code` and `param` are the
+    OpenAI envelope's (a 401 there is always `invalid_api_key`)."""
+    family = error_family(path)
+    if family == "openai":
+        return openai_error(status_code, message, code=code, param=param, headers=headers)
+    if family == "workloads":
+        return workloads_error(status_code, message, headers=headers)
+    return JSONResponse({"detail": message}, status_code=status_code, headers=headers)
+
+
+def workloads_error(
+    status_code: int, message: str, *, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """`{"code", "message", "details"?}`; a 403 says the contract's sentence, ours as details."""
+    body: dict[str, object] = {"code": status_code, "message": message}
+    if status_code == 403:
+        body = {"code": 403, "message": WORKLOADS_FORBIDDEN, "details": message}
+    return JSONResponse(body, status_code=status_code, headers=headers)

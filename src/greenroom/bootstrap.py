@@ -1,13 +1,18 @@
-"""First start: register the default model and deploy it through an ordinary deploy task."""
+"""First start: the admin token, and the default model deployed through an ordinary deploy task."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
+from greenroom.auth import service as auth_service
 from greenroom.config import Settings
 from greenroom.db import Store
 from greenroom.errors import GreenroomError
@@ -20,6 +25,83 @@ from greenroom.tasks.schemas import ModelDeploymentRequest, TaskKind
 from greenroom.tasks.states import TaskStatus
 
 log = logging.getLogger("greenroom.bootstrap")
+ADMIN_TOKEN_FILE = "admin.token"
+SHORT_ADMIN_TOKEN = 32  # characters; a shorter GREENROOM_ADMIN_TOKEN is accepted with a warning
+
+
+def admin_token_path(settings: Settings) -> Path:
+    return settings.resolved_data_dir() / ADMIN_TOKEN_FILE
+
+
+def ensure_admin_token(settings: Settings, store: Store) -> None:
+    """The bootstrap admin token (api/auth.md), before anything else is served.
+
+    With `GREENROOM_ADMIN_TOKEN` set, its value is the admin token (idempotent across restarts; a
+    new value replaces the previous one). Otherwise, when the store holds no unrevoked admin token
+    (the first start, or every admin token revoked), one is created, written to
+    `<data dir>/admin.token` (mode 0600) and printed once to standard error.
+    """
+    secret = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if secret:
+        adopt_admin_token(store, secret, admin_token_path(settings))
+    else:
+        create_first_admin_token(store, admin_token_path(settings))
+
+
+def adopt_admin_token(store: Store, secret: str, token_file: Path) -> None:
+    if len(secret) < SHORT_ADMIN_TOKEN:
+        log.warning("GREENROOM_ADMIN_TOKEN is short; use `openssl rand -base64 32` or longer")
+    try:
+        revoked, replaced = _adopt(store, secret)
+    except IntegrityError:  # another server adopted the same new value at the same moment
+        revoked, replaced = _adopt(store, secret)
+    if revoked:
+        log.error("GREENROOM_ADMIN_TOKEN was revoked; it stays revoked: set a new value")
+    if replaced:
+        log.info("GREENROOM_ADMIN_TOKEN replaced the previous admin token (now revoked)")
+    if token_file.exists() and token_file.read_text().strip() != secret:
+        token_file.unlink()  # it held a bootstrap token that is not the admin token any more
+        log.info("removed %s: GREENROOM_ADMIN_TOKEN is the admin token", token_file)
+
+
+def _adopt(store: Store, secret: str) -> tuple[bool, bool]:
+    """Whether the adopted token is revoked, and whether it replaced another one."""
+    with store.session_scope() as session:
+        token, replaced = auth_service.adopt_admin(session, secret=secret)
+        return token.is_revoked, bool(replaced)
+
+
+def create_first_admin_token(store: Store, token_file: Path) -> None:
+    with store.session_scope() as session:
+        if auth_service.has_active_admin(session):
+            if not token_file.exists():
+                log.info(
+                    "an admin token exists but %s does not; set GREENROOM_ADMIN_TOKEN to replace "
+                    "a lost one",
+                    token_file,
+                )
+            return
+        _, secret = auth_service.create_admin(session)
+        write_token_file(token_file, secret)  # before the commit: a token is never lost
+    print(
+        f"greenroom: created the admin token (shown only now; also in {token_file}, mode 0600):\n"
+        f"  {secret}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def write_token_file(path: Path, secret: str) -> None:
+    """Write `secret` to `path`, readable by this user only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"{secret}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Column, Table
 
+from greenroom.auth.scopes import Scope
 from greenroom.client import DEFAULT_URL, ClientError, GreenroomClient, default_token
 
 app = typer.Typer(
@@ -23,8 +24,12 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Register and list embedding models.", no_args_is_help=True)
 db_app = typer.Typer(help="The store (SQLite by default, PostgreSQL by URL).", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Create, list and revoke API tokens (needs an admin token).", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(tokens_app, name="tokens")
 console = Console()
 errors = Console(stderr=True)
 
@@ -220,6 +225,69 @@ def models_list(server: Server = DEFAULT_URL) -> None:
     console.print(table)
 
 
+@tokens_app.command("create")
+def tokens_create(
+    scope: Annotated[
+        list[Scope],
+        typer.Option(
+            "--scope",
+            metavar="SCOPE",
+            help="A scope: admin, deploy, controller, read or infer; repeatable.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Who or what uses it (default: its scopes).")
+    ] = None,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Create a token; prints only the token on standard output (it is shown only now)."""
+    scopes = list(dict.fromkeys(str(s) for s in scope))
+    try:
+        token = _client(server).create_token(name or "-".join(scopes), scopes)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    print(token["token"])
+    errors.print(
+        f"created token {token['id']} '{token['name']}' with scopes {', '.join(token['scopes'])}; "
+        "its value is shown only now"
+    )
+
+
+@tokens_app.command("list")
+def tokens_list(server: Server = DEFAULT_URL) -> None:
+    """List tokens (never their values), revoked ones included."""
+    try:
+        tokens = _client(server).tokens()
+    except ClientError as exc:
+        raise _fail(exc) from None
+    table = Table("name", "scopes", "created", "last used", "revoked")
+    table.columns.insert(0, Column("id", no_wrap=True))
+    for token in tokens:
+        table.add_row(
+            token["id"], token["name"], ", ".join(token["scopes"]), _minute(token["created_at"]),
+            _minute(token["last_used_at"]), _minute(token["revoked_at"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _minute(timestamp: str | None) -> str:
+    return (timestamp or "")[:16].replace("T", " ")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id.")],
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Revoke a token: requests with it get 401 from then on."""
+    try:
+        _client(server).revoke_token(token_id)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    errors.print(f"revoked {token_id}")
+
+
 def _parse_sets(values: list[str]) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for item in values:
@@ -254,6 +322,32 @@ def deploy(
         task = client.deploy(model, _parse_sets(set_ or []), allow_embedding_space_change)
     except ClientError as exc:
         raise _fail(exc) from None
+    _after_submit(client, task, wait)
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="The served name to roll back.")],
+    revision: Annotated[
+        str | None,
+        typer.Option(help="The revision id to bring back (default: the one the live replaced)."),
+    ] = None,
+    allow_embedding_space_change: Annotated[
+        bool,
+        typer.Option(help="Let the earlier revision's vectors differ from the live ones."),
+    ] = False,
+    wait: Wait = False,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Bring back an earlier revision's snapshot as a new revision, through a green rollout."""
+    client = _client(server)
+    try:
+        task = client.rollback(model, revision, allow_embedding_space_change)
+    except ClientError as exc:
+        raise _fail(exc) from None
+    if task["status"] == "refused":
+        errors.print(f"[red]{task['id']} refused:[/red] {task.get('detail')}", soft_wrap=True)
+        raise typer.Exit(1)
     _after_submit(client, task, wait)
 
 

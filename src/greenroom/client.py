@@ -17,9 +17,11 @@ class ClientError(Exception):
 
 
 def default_token(data_dir: Path | None = None) -> str | None:
-    """GREENROOM_TOKEN, else the admin token file of the data dir (once authentication exists)."""
-    if token := os.environ.get("GREENROOM_TOKEN"):
-        return token
+    """GREENROOM_TOKEN, else GREENROOM_ADMIN_TOKEN (the server's, where they share the
+    environment), else the admin token file of the data dir (`<data dir>/admin.token`)."""
+    for variable in ("GREENROOM_TOKEN", "GREENROOM_ADMIN_TOKEN"):
+        if token := os.environ.get(variable):
+            return token
     directory = data_dir or Path(os.environ.get("GREENROOM_DATA_DIR", "~/.greenroom"))
     token_file = directory.expanduser() / "admin.token"
     return token_file.read_text().strip() if token_file.is_file() else None
@@ -57,6 +59,14 @@ class GreenroomClient:
             body["allow_embedding_space_change"] = True
         return self.request("POST", f"{TASKS}/deploy", json=body)
 
+    def rollback(self, model: str, revision_id: str | None, allow_change: bool) -> Any:
+        body: dict[str, Any] = {"embedding_model_id": model}
+        if revision_id:
+            body["revision_id"] = revision_id
+        if allow_change:
+            body["allow_embedding_space_change"] = True
+        return self.request("POST", f"{TASKS}/rollback", json=body)
+
     def delete(self, model: str, reason: str | None) -> Any:
         return self.request(
             "POST", f"{TASKS}/delete", json={"embedding_model_id": model, "reason": reason}
@@ -85,6 +95,15 @@ class GreenroomClient:
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def create_token(self, name: str, scopes: list[str]) -> Any:
+        return self.request("POST", "/v1/tokens", json={"name": name, "scopes": scopes})
+
+    def tokens(self) -> Any:
+        return self.request("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{token_id}")
 
 
 def _error_text(response: httpx.Response) -> str:

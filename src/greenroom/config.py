@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Engine = Literal["onnx", "torch"]
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     replica_wait_s: float = 10.0
     # A live revision whose replicas are all down this long turns its deployment version LOST.
     lost_after_s: float = 10.0
+
+    # Authentication: the admin token's value (automation, CI); unset, the first start creates one
+    # and writes it to `<data dir>/admin.token` (api/auth.md).
+    admin_token: SecretStr | None = None
 
     # Store: SQLite `greenroom.db` in the data dir unless a URL is given (postgresql+psycopg://…).
     database_url: str | None = None

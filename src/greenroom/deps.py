@@ -1,4 +1,4 @@
-"""FastAPI dependencies shared by the views: the request's database session."""
+"""FastAPI dependencies shared by the views: the request's database session; waking workers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from greenroom.db import Store
+from greenroom.signals import Topic
 
 
 def get_store(request: Request) -> Store:
@@ -22,3 +24,12 @@ def get_db_session(request: Request) -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(get_db_session)]
+
+
+def notify_workers_after_commit(request: Request, db_session: Session) -> None:
+    """Wake this process's workers once the request's session commits (not before: a woken
+    worker must find the task). Apps without signals (some tests) skip it."""
+    signals = getattr(request.app.state, "signals", None)
+    if signals is None:
+        return
+    event.listen(db_session, "after_commit", lambda _: signals.notify(Topic.TASKS), once=True)

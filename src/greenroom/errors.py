@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class GreenroomError(Exception):
-    """Base of every error greenroom raises on purpose; `message` is one human sentence."""
+    """Base of every error greenroom raises on purpose; `message` is one human sentence.
+
+    `headers` are the HTTP headers that every API family sends with it.
+    """
 
     status_code = 500
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -17,6 +23,19 @@ class InvalidRequestError(GreenroomError):
     """The caller sent something we cannot act on."""
 
     status_code = 400
+
+
+class UnauthorizedError(GreenroomError):
+    """No valid token: missing, unknown or revoked."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(GreenroomError):
+    """A valid token that lacks the scope the route needs."""
+
+    status_code = 403
 
 
 class NotFoundError(GreenroomError):
@@ -39,6 +58,7 @@ class OverloadedError(GreenroomError):
     """A bounded queue is full; the caller should retry shortly."""
 
     status_code = 429
+    headers = {"Retry-After": "1"}
 
 
 class ServiceUnavailableError(GreenroomError):

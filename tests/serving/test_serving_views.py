@@ -17,7 +17,7 @@ import pytest
 from factories import HashEngine
 from fastapi import FastAPI
 from helpers import wait_until_sync
-from servers import running_server
+from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
 from greenroom.config import Settings
@@ -38,13 +38,17 @@ def base_url(
 ) -> Iterator[str]:
     data_dir = data_dir_with_shared_cache(tmp_path_factory.mktemp("views") / "data", onnx_cache_dir)
     settings = Settings(
-        data_dir=data_dir, default_model_id=MODEL, default_model_source=str(tiny_model_dir)
+        data_dir=data_dir,
+        default_model_id=MODEL,
+        default_model_source=str(tiny_model_dir),
+        admin_token=ADMIN_TOKEN,
     )
     with running_server(create_app(settings)) as url:
         yield url
 
 
 def embed(base_url: str, body: object, **kwargs: object) -> httpx.Response:
+    kwargs.setdefault("headers", ADMIN_HEADERS)
     return httpx.post(f"{base_url}/v1/embeddings", json=body, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 
@@ -89,7 +93,7 @@ def test_token_ids_are_accepted_as_one_or_many_inputs(base_url: str) -> None:
 
 
 def test_the_openai_client_works_unchanged(base_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=ADMIN_TOKEN, max_retries=0)
     default = client.embeddings.create(model=MODEL, input=["hello world", "good night"])
     floats = client.embeddings.create(model=MODEL, input="hello world", encoding_format="float")
     assert len(default.data) == 2 and len(default.data[0].embedding) == 32
@@ -97,6 +101,9 @@ def test_the_openai_client_works_unchanged(base_url: str) -> None:
     assert default.usage.prompt_tokens > 0
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="x")
+    stranger = openai.OpenAI(base_url=f"{base_url}/v1", api_key="not-a-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        stranger.embeddings.create(model=MODEL, input="x")
 
 
 @pytest.mark.parametrize(
@@ -124,7 +131,9 @@ def test_bad_input_is_a_400_in_the_openai_envelope(
 
 
 def test_malformed_json_is_a_400(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/v1/embeddings", content=b"{not json", timeout=30)
+    response = httpx.post(
+        f"{base_url}/v1/embeddings", content=b"{not json", headers=ADMIN_HEADERS, timeout=30
+    )
     assert_openai_error(response, 400, "invalid_request_error")
 
 
@@ -145,7 +154,7 @@ def test_a_wrong_method_keeps_the_openai_envelope(base_url: str) -> None:
 
 
 def test_models_lists_the_live_served_names(base_url: str) -> None:
-    body = httpx.get(f"{base_url}/v1/models").json()
+    body = httpx.get(f"{base_url}/v1/models", headers=ADMIN_HEADERS).json()
     assert body["object"] == "list"
     assert [(m["id"], m["object"], m["owned_by"]) for m in body["data"]] == [
         (MODEL, "model", "greenroom")
@@ -157,7 +166,7 @@ def test_operations_endpoints(base_url: str) -> None:
     ready = httpx.get(f"{base_url}/readyz")
     assert ready.status_code == 200 and ready.json()["models"] == [MODEL]
     embed(base_url, {"model": MODEL, "input": "count me"})
-    metrics = httpx.get(f"{base_url}/metrics")
+    metrics = httpx.get(f"{base_url}/metrics", headers=ADMIN_HEADERS)
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     for name in (
@@ -182,7 +191,10 @@ def fake_runtime() -> FakeRuntime:
 @pytest.fixture
 def fake_app(fake_runtime: FakeRuntime, tiny_model_dir: Path, tmp_path: Path) -> FastAPI:
     settings = Settings(
-        data_dir=tmp_path, default_model_id=MODEL, default_model_source=str(tiny_model_dir)
+        data_dir=tmp_path,
+        default_model_id=MODEL,
+        default_model_source=str(tiny_model_dir),
+        admin_token=ADMIN_TOKEN,
     )
     return create_app(settings, fake_runtime)
 

@@ -246,3 +246,44 @@ def test_cancel_of_another_kind_is_not_found(db_session: Session) -> None:
     task = deploy(db_session)
     with pytest.raises(NotFoundError, match="Deletion task with ID"):
         tasks_service.cancel(db_session, task_id=task.id, kind=DELETE)
+
+
+# ----- tasks queued by the deployments API -------------------------------------------------------
+
+
+def test_queue_deploy(db_session: Session) -> None:
+    config = deployments_service.get_latest_config(db_session, workspace="default", name="m1")
+    assert config is not None
+    task = tasks_service.queue_deploy(
+        db_session,
+        served_name="default/m1",
+        config=config,
+        deployment_revision_id="rev-1",
+        initiated_by="alice",
+        deployment_target="ray",
+    )
+    assert (task.kind, task.embedding_model_id, task.status) == ("deploy", "m1", "pending")
+    assert task.id.startswith("deploy-")
+    assert task.task_metadata == {
+        "deployment_target": "ray",
+        "initiated_by": "alice",
+        "workspace": "default",
+        "config": "m1",
+        "config_version": 1,
+        "allow_embedding_space_change": False,
+        "deployment_revision_id": "rev-1",
+    }
+    assert tasks_service.get_latest(db_session, embedding_model_id="m1", kind=DEPLOY) is task
+
+
+def test_queue_delete(db_session: Session) -> None:
+    task = tasks_service.queue_delete(
+        db_session, served_name="team/x", reason="why", deployment_revision_id="rev-1"
+    )
+    assert (task.kind, task.embedding_model_id, task.status) == ("delete", "team/x", "pending")
+    assert task.task_metadata == {
+        "deletion_type": "manual",
+        "reason": "why",
+        "initiated_by": "admin",
+        "deployment_revision_id": "rev-1",
+    }

@@ -1,4 +1,5 @@
-"""Deployment configs: versioned serving settings of a model. Every change is a new version.
+"""Deployment configs and deployments: both versioned per `workspace/name`; every change is a
+new version, one row each. Lists show the latest version of each name, picked in SQL.
 
 Plain functions, keyword-only arguments led by `db_session`; they flush where a constraint must be
 checked and never commit (the caller's session scope does).
@@ -11,19 +12,42 @@ written on one machine does not pin another's thread count). `ServingSettings.mo
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import Select, and_, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from greenroom.deployments.models import Deployment, DeploymentConfig
-from greenroom.deployments.schemas import OVERRIDE_KEYS, ServingSettings
-from greenroom.errors import ConflictError, InvalidRequestError, NotFoundError
+from greenroom.deployments.models import Deployment, DeploymentConfig, served_name
+from greenroom.deployments.schemas import (
+    OVERRIDE_KEYS,
+    DeploymentConfigUpdate,
+    DeploymentCreate,
+    DeploymentStatusUpdate,
+    DeploymentUpdate,
+    ServingSettings,
+)
+from greenroom.deployments.states import DeploymentStatus, set_status
+from greenroom.errors import (
+    ConflictError,
+    InvalidRequestError,
+    InvalidTransitionError,
+    NotFoundError,
+)
 from greenroom.registry.models import EmbeddingModel
+from greenroom.serving.models import LiveRevision
+from greenroom.tasks.models import Task
+from greenroom.tasks.states import TERMINAL_TASK_STATUSES
+from greenroom.workloads.models import Revision
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ENGINE = "onnx"
+Row = TypeVar("Row", DeploymentConfig, Deployment)
+KEEP: Any = object()  # an argument left as it is
 
 
 # ----- configs -----------------------------------------------------------------------------------
@@ -39,6 +63,15 @@ def get_config(
             DeploymentConfig.entity_version == version,
         )
     ).first()
+
+
+def get_config_or_raise(
+    db_session: Session, *, workspace: str, name: str, version: int
+) -> DeploymentConfig:
+    config = get_config(db_session, workspace=workspace, name=name, version=version)
+    if config is None:
+        raise NotFoundError(f"Deployment config '{workspace}/{name}' version {version} not found")
+    return config
 
 
 def get_latest_config(db_session: Session, *, workspace: str, name: str) -> DeploymentConfig | None:
@@ -82,14 +115,13 @@ def create_config(
     executor_config: dict[str, Any] | None = None,
     project: str | None = None,
     description: str | None = None,
+    model_revision: str | None = None,
 ) -> DeploymentConfig:
     """Version 1 of a config for a registered embedding model; `model_revision` is filled in
-    with the model's content hash."""
+    with the model's content hash (a caller that names another hash is refused)."""
     if get_latest_config(db_session, workspace=workspace, name=name) is not None:
         raise ConflictError(f"Deployment config '{workspace}/{name}' already exists")
-    model = db_session.get(EmbeddingModel, model_name)
-    if model is None:
-        raise InvalidRequestError(f"Embedding model '{model_name}' is not registered")
+    model = _registered_model(db_session, model_name=model_name, model_revision=model_revision)
     engine, executor_config = validate_settings(
         engine=engine, executor_config=executor_config or {}
     )
@@ -105,7 +137,7 @@ def create_config(
         executor_config=executor_config,
     )
     db_session.add(config)
-    db_session.flush()
+    _flush_or_conflict(db_session, f"Deployment config '{workspace}/{name}' already exists")
     return config
 
 
@@ -131,16 +163,63 @@ def ensure_config_version(
     return _add_version(db_session, latest, engine=engine, executor_config=executor_config)
 
 
+def update_config(
+    db_session: Session, *, workspace: str, name: str, config_in: DeploymentConfigUpdate
+) -> DeploymentConfig:
+    """A new version (the deployments API): the latest with the fields given applied. Executor
+    keys merge like the Tasks API's overrides (left out: kept; null: the default); a model spec
+    names another registered model or keeps the latest's, and `model_revision` is brought up to
+    that model's content hash."""
+    latest = get_latest_config_or_raise(db_session, workspace=workspace, name=name)
+    given = config_in.model_fields_set
+    overrides = (
+        config_in.executor_config.model_dump(mode="json", exclude_unset=True)
+        if config_in.executor_config is not None
+        else {}
+    )
+    if "engine" in given:
+        overrides["engine"] = config_in.engine
+    engine, executor_config = merge_settings(latest, overrides)
+    spec = config_in.model_spec
+    model = _registered_model(
+        db_session,
+        model_name=(spec.model_name if spec else None) or latest.model_name,
+        model_revision=spec.model_revision if spec else None,
+    )
+    try:
+        return _add_version(
+            db_session,
+            latest,
+            engine=engine,
+            executor_config=executor_config,
+            model_name=model.id,
+            model_revision=model.content_hash,
+            project=config_in.project if "project" in given else KEEP,
+            description=config_in.description if "description" in given else KEEP,
+        )
+    except IntegrityError as exc:
+        raise ConflictError(f"Deployment config '{workspace}/{name}' changed concurrently") from exc
+
+
 def apply_overrides(
     config: DeploymentConfig, overrides: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
-    """The engine and executor config that `config` becomes with `overrides`, validated."""
+    """The engine and executor config that `config` becomes with the Tasks API's flat
+    `overrides`, validated."""
     unknown = sorted(set(overrides) - OVERRIDE_KEYS)
     if unknown:
         raise InvalidRequestError(
             f"Unknown deployment config key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(OVERRIDE_KEYS))}"
         )
+    return merge_settings(config, overrides)
+
+
+def merge_settings(
+    config: DeploymentConfig, overrides: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """`config`'s engine and executor config with `overrides` applied (a null value resets a
+    key to its default), validated."""
     engine = config.engine
     executor_config = dict(config.executor_config)
     for key, value in overrides.items():
@@ -151,6 +230,49 @@ def apply_overrides(
         else:
             executor_config[key] = value
     return validate_settings(engine=engine, executor_config=executor_config)
+
+
+def delete_config(
+    db_session: Session, *, workspace: str, name: str, version: int | None = None
+) -> None:
+    """Delete every version of a config, or one; refused (409) while a deployment that is not
+    DELETED uses it (its latest version, or its live one)."""
+    if version is None:
+        get_latest_config_or_raise(db_session, workspace=workspace, name=name)
+    else:
+        get_config_or_raise(db_session, workspace=workspace, name=name, version=version)
+    refuse_deleting_a_used_config(db_session, workspace=workspace, name=name, version=version)
+    query = delete(DeploymentConfig).where(
+        DeploymentConfig.workspace == workspace, DeploymentConfig.name == name
+    )
+    if version is not None:
+        query = query.where(DeploymentConfig.entity_version == version)
+    db_session.execute(query.execution_options(synchronize_session="fetch"))
+
+
+def refuse_deleting_a_used_config(
+    db_session: Session, *, workspace: str, name: str, version: int | None
+) -> None:
+    """A config (version) stays while a deployment that is not DELETED uses it: the latest
+    version of a deployment, or the version that is live, names it."""
+    live_versions = select(Deployment).join(
+        LiveRevision, LiveRevision.revision_id == Deployment.revision_id
+    )
+    for versions in (latest_versions(Deployment, workspace=workspace), live_versions):
+        query = versions.where(
+            Deployment.workspace == workspace,
+            Deployment.config == name,
+            Deployment.status != DeploymentStatus.DELETED,
+        )
+        if version is not None:
+            query = query.where(Deployment.config_version == version)
+        user = db_session.scalars(query.order_by(Deployment.name).limit(1)).first()
+        if user is not None:
+            what = f"'{workspace}/{name}'" + (f" version {version}" if version else "")
+            raise ConflictError(
+                f"Deployment config {what} is used by deployment '{workspace}/{user.name}' "
+                f"({user.status}); delete the deployment first"
+            )
 
 
 def refresh_model_revision(
@@ -214,25 +336,54 @@ def _add_version(
     engine: str,
     executor_config: dict[str, Any],
     model_revision: str | None = None,
+    model_name: str | None = None,
+    project: Any = KEEP,
+    description: Any = KEEP,
 ) -> DeploymentConfig:
+    """The next version after `latest`; what is not given is the latest's (the model's current
+    content hash for `model_revision`)."""
+    model_name = model_name or latest.model_name
     if model_revision is None:
-        model = db_session.get(EmbeddingModel, latest.model_name)
+        model = db_session.get(EmbeddingModel, model_name)
         model_revision = model.content_hash if model is not None else latest.model_revision
     config = DeploymentConfig(
         id=latest.id,
         workspace=latest.workspace,
         name=latest.name,
         entity_version=latest.entity_version + 1,
-        project=latest.project,
-        description=latest.description,
+        project=latest.project if project is KEEP else project,
+        description=latest.description if description is KEEP else description,
         engine=engine,
-        model_name=latest.model_name,
+        model_name=model_name,
         model_revision=model_revision,
         executor_config=executor_config,
     )
     db_session.add(config)
     db_session.flush()
     return config
+
+
+def _registered_model(
+    db_session: Session, *, model_name: str, model_revision: str | None = None
+) -> EmbeddingModel:
+    """The registered model a config names (400 otherwise); a pinned revision must match."""
+    model = db_session.get(EmbeddingModel, model_name)
+    if model is None:
+        raise InvalidRequestError(f"Embedding model '{model_name}' is not registered")
+    if model_revision is not None and model_revision != model.content_hash:
+        raise InvalidRequestError(
+            f"Embedding model '{model_name}' has content hash {model.content_hash}, "
+            f"not {model_revision}"
+        )
+    return model
+
+
+def _flush_or_conflict(db_session: Session, message: str) -> None:
+    """Flush; a unique version written concurrently by another request is a conflict (409)."""
+    try:
+        db_session.flush()
+    except IntegrityError as exc:
+        raise ConflictError(message) from exc
 
 
 def _latest_configs_of_model(db_session: Session, *, model_name: str) -> list[DeploymentConfig]:
@@ -255,7 +406,169 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-# ----- deployments (read only, for the tasks API) ------------------------------------------------
+# ----- lists: the latest version of each name, a page at a time ----------------------------------
+
+CONFIG_SORT_FIELDS = ("name", "created_at", "updated_at", "entity_version", "project", "engine")
+CONFIG_FILTERS = ("name", "project", "model_name")
+DEPLOYMENT_SORT_FIELDS = (
+    "name",
+    "created_at",
+    "updated_at",
+    "entity_version",
+    "status",
+    "config",
+    "config_version",
+    "project",
+)
+DEPLOYMENT_FILTERS = ("name", "status", "config", "project")
+
+
+@dataclass(frozen=True)
+class Page(Generic[Row]):
+    items: list[Row]
+    page: int
+    page_size: int
+    total: int
+
+    @property
+    def total_pages(self) -> int:
+        return math.ceil(self.total / self.page_size)
+
+
+def parse_version(value: str) -> int:
+    """A version number from a path or query string (400 unless a positive integer)."""
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidRequestError(f"Invalid version '{value}': must be a positive integer")
+    return int(value)
+
+
+def latest_versions(model: type[Row], *, workspace: str) -> Select[tuple[Row]]:
+    """The latest version of each name in a workspace, computed by the database: every row is
+    joined to the greatest `entity_version` of its name (a grouped subquery)."""
+    newest = (
+        select(model.name, func.max(model.entity_version).label("entity_version"))
+        .where(model.workspace == workspace)
+        .group_by(model.name)
+        .subquery("newest")
+    )
+    return (
+        select(model)
+        .join(
+            newest,
+            and_(model.name == newest.c.name, model.entity_version == newest.c.entity_version),
+        )
+        .where(model.workspace == workspace)
+    )
+
+
+def paginate(
+    db_session: Session,
+    query: Select[tuple[Row]],
+    *,
+    model: type[Row],
+    page: int,
+    page_size: int,
+    sort: str,
+    sort_fields: Iterable[str],
+) -> Page[Row]:
+    """One page of `query` ordered by `sort` (a field, `-` first for descending; ties in the
+    order rows were written), with the total count; both in SQL."""
+    field = sort.removeprefix("-")
+    if field not in sort_fields:
+        raise InvalidRequestError(f"Cannot sort by '{field}'; one of: {', '.join(sort_fields)}")
+    descending = sort.startswith("-")
+    column, tiebreak = getattr(model, field), model.pk
+    order = (column.desc(), tiebreak.desc()) if descending else (column.asc(), tiebreak.asc())
+    total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db_session.scalars(
+        query.order_by(*order).offset((page - 1) * page_size).limit(page_size)
+    )
+    return Page(items=list(rows), page=page, page_size=page_size, total=total)
+
+
+def _filtered(
+    query: Select[tuple[Row]], model: type[Row], filters: dict[str, str], allowed: Iterable[str]
+) -> Select[tuple[Row]]:
+    for key, value in filters.items():
+        if key not in allowed:
+            raise InvalidRequestError(f"Cannot filter by '{key}'; one of: {', '.join(allowed)}")
+        query = query.where(getattr(model, key) == value)
+    return query
+
+
+def list_configs(
+    db_session: Session,
+    *,
+    workspace: str,
+    page: int = 1,
+    page_size: int = 100,
+    sort: str = "created_at",
+    filters: dict[str, str] | None = None,
+) -> Page[DeploymentConfig]:
+    """A page of the latest version of each config in a workspace."""
+    query = latest_versions(DeploymentConfig, workspace=workspace)
+    query = _filtered(query, DeploymentConfig, filters or {}, CONFIG_FILTERS)
+    return paginate(
+        db_session,
+        query,
+        model=DeploymentConfig,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        sort_fields=CONFIG_SORT_FIELDS,
+    )
+
+
+def list_deployments(
+    db_session: Session,
+    *,
+    workspace: str,
+    page: int = 1,
+    page_size: int = 100,
+    sort: str = "created_at",
+    filters: dict[str, str] | None = None,
+    all_versions: bool = False,
+) -> Page[Deployment]:
+    """A page of deployments in a workspace: the latest version of each (filters apply to
+    it), or every version with `all_versions`."""
+    if all_versions:
+        query = select(Deployment).where(Deployment.workspace == workspace)
+    else:
+        query = latest_versions(Deployment, workspace=workspace)
+    query = _filtered(query, Deployment, filters or {}, DEPLOYMENT_FILTERS)
+    return paginate(
+        db_session,
+        query,
+        model=Deployment,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        sort_fields=DEPLOYMENT_SORT_FIELDS,
+    )
+
+
+# ----- deployments -------------------------------------------------------------------------------
+
+
+def get_deployment(
+    db_session: Session, *, workspace: str, name: str, version: int
+) -> Deployment | None:
+    return db_session.scalars(
+        select(Deployment).where(
+            Deployment.workspace == workspace,
+            Deployment.name == name,
+            Deployment.entity_version == version,
+        )
+    ).first()
+
+
+def get_deployment_or_raise(
+    db_session: Session, *, workspace: str, name: str, version: int
+) -> Deployment:
+    deployment = get_deployment(db_session, workspace=workspace, name=name, version=version)
+    if deployment is None:
+        raise NotFoundError(f"Deployment '{workspace}/{name}' version {version} not found")
+    return deployment
 
 
 def get_latest_deployment(db_session: Session, *, workspace: str, name: str) -> Deployment | None:
@@ -266,3 +579,282 @@ def get_latest_deployment(db_session: Session, *, workspace: str, name: str) -> 
         .order_by(Deployment.entity_version.desc())
         .limit(1)
     ).first()
+
+
+def get_latest_deployment_or_raise(db_session: Session, *, workspace: str, name: str) -> Deployment:
+    deployment = get_latest_deployment(db_session, workspace=workspace, name=name)
+    if deployment is None:
+        raise NotFoundError(f"Deployment '{workspace}/{name}' not found")
+    return deployment
+
+
+def list_deployment_versions(db_session: Session, *, workspace: str, name: str) -> list[Deployment]:
+    """Every version of a deployment, newest first (none for an unknown name)."""
+    return list(
+        db_session.scalars(
+            select(Deployment)
+            .where(Deployment.workspace == workspace, Deployment.name == name)
+            .order_by(Deployment.entity_version.desc())
+        )
+    )
+
+
+def live_revisions(db_session: Session, *, served_names: Iterable[str]) -> dict[str, LiveRevision]:
+    """The live-revision pointer of each of these served names that has one (one query)."""
+    names = sorted(set(served_names))
+    if not names:
+        return {}
+    rows = db_session.scalars(select(LiveRevision).where(LiveRevision.served_name.in_(names)))
+    return {row.served_name: row for row in rows}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the principal's id (`auth_context.principal_id`) and name (a task's
+    `initiated_by`, as the Tasks API records it)."""
+
+    id: str
+    name: str
+
+
+ADMIN = Caller(id="admin", name="admin")  # a server without authentication
+
+
+def auth_context(caller: Caller) -> dict[str, Any]:
+    """Who created a version, as stored (api/deployments.md `auth_context`)."""
+    return {
+        "principal_id": caller.id,
+        "principal_email": None,
+        "principal_groups": [],
+        "principal_on_behalf_of": None,
+        "principal_on_behalf_of_groups": [],
+        "principal_on_behalf_of_email": None,
+    }
+
+
+def resolve_config(
+    db_session: Session, *, workspace: str, name: str, version: int | None
+) -> DeploymentConfig:
+    """The config version a deployment version will run: the latest unless one is named; 400
+    when it does not exist."""
+    if version is None:
+        config = get_latest_config(db_session, workspace=workspace, name=name)
+    else:
+        config = get_config(db_session, workspace=workspace, name=name, version=version)
+    if config is not None:
+        return config
+    if version is not None and get_latest_config(db_session, workspace=workspace, name=name):
+        raise InvalidRequestError(
+            f"Deployment config '{workspace}/{name}' version {version} does not exist"
+        )
+    raise InvalidRequestError(f"Deployment config '{workspace}/{name}' does not exist")
+
+
+def create_deployment(
+    db_session: Session, *, workspace: str, deployment_in: DeploymentCreate, caller: Caller
+) -> Deployment:
+    """Version 1 of a new deployment, CREATED (the caller queues its deploy task)."""
+    name = deployment_in.name
+    exists = f"Deployment with workspace '{workspace}' and name '{name}' already exists"
+    if get_latest_deployment(db_session, workspace=workspace, name=name) is not None:
+        raise ConflictError(exists)
+    config = resolve_config(
+        db_session,
+        workspace=workspace,
+        name=deployment_in.config,
+        version=deployment_in.config_version,
+    )
+    deployment = Deployment(
+        workspace=workspace,
+        name=name,
+        entity_version=1,
+        project=deployment_in.project,
+        config=config.name,
+        config_version=config.entity_version,
+        auth_context=auth_context(caller),
+    )
+    set_status(deployment, DeploymentStatus.CREATED, "Deployment created")
+    deployment.created_at = deployment.updated_at  # the first history entry's time
+    db_session.add(deployment)
+    _flush_or_conflict(db_session, exists)
+    return deployment
+
+
+def create_deployment_version(
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    deployment_in: DeploymentUpdate,
+    caller: Caller,
+) -> Deployment:
+    """The next version of a deployment, PENDING (the caller queues its deploy task). Refused
+    (409) while the deployment is being deleted: the delete would take the new version too."""
+    latest = get_latest_deployment_or_raise(db_session, workspace=workspace, name=name)
+    if latest.status == DeploymentStatus.DELETING:
+        raise ConflictError(
+            f"Deployment '{workspace}/{name}' is marked for deletion (DELETING); "
+            "deploy a new version once it is DELETED"
+        )
+    config = resolve_config(
+        db_session,
+        workspace=workspace,
+        name=deployment_in.config,
+        version=deployment_in.config_version,
+    )
+    deployment = Deployment(
+        id=latest.id,
+        workspace=workspace,
+        name=name,
+        entity_version=latest.entity_version + 1,
+        project=latest.project,
+        config=config.name,
+        config_version=config.entity_version,
+        auth_context=auth_context(caller),
+    )
+    set_status(deployment, DeploymentStatus.PENDING, "Deployment update pending")
+    deployment.created_at = deployment.updated_at  # the first history entry's time
+    db_session.add(deployment)
+    _flush_or_conflict(db_session, f"Deployment '{workspace}/{name}' changed concurrently")
+    return deployment
+
+
+def update_status(
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    version: int | None,
+    status_in: DeploymentStatusUpdate,
+) -> Deployment:
+    """A controller's status of a version (the latest unless one is named), through the same
+    rules as every status change; 409 when they refuse it."""
+    if version is None:
+        deployment = get_latest_deployment_or_raise(db_session, workspace=workspace, name=name)
+    else:
+        deployment = get_deployment_or_raise(
+            db_session, workspace=workspace, name=name, version=version
+        )
+    change = set_status(deployment, DeploymentStatus(status_in.status), status_in.status_message)
+    if not change.accepted:
+        raise InvalidTransitionError(change.reason)
+    provider = status_in.model_provider_id
+    if provider is not None and provider != deployment.model_provider_id:
+        deployment.model_provider_id = provider
+    db_session.flush()
+    return deployment
+
+
+# ----- deleting: DELETING while something of a version runs, DELETED once nothing does -----------
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What a DELETE did. `removed`: every targeted version was already DELETED and its record
+    is gone (204). Otherwise `deployment` is the targeted (or latest) version, now DELETING or
+    DELETED (202), and `needs_delete_task` says the served name's delete task must be queued."""
+
+    removed: bool
+    deployment: Deployment | None = None
+    needs_delete_task: bool = False
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What runs under a served name: its live pointer and its unfinished tasks."""
+
+    live: LiveRevision | None
+    unfinished: list[Task]
+
+    @classmethod
+    def load(cls, db_session: Session, *, served: str) -> Activity:
+        tasks = db_session.scalars(
+            select(Task).where(
+                Task.embedding_model_id == served,
+                Task.status.not_in([status.value for status in TERMINAL_TASK_STATUSES]),
+            )
+        )
+        return cls(live=db_session.get(LiveRevision, served), unfinished=list(tasks))
+
+    @property
+    def delete_task_unfinished(self) -> bool:
+        return any(task.kind == "delete" for task in self.unfinished)
+
+    def may_run(self, db_session: Session, deployment: Deployment) -> bool:
+        """Whether something of this version runs or may soon: it is live, an unfinished task
+        names its revision, or its revision has replicas wanted or reported."""
+        revision_id = deployment.revision_id
+        if self.live is not None and self.live.revision_id == revision_id:
+            return True
+        if any(_names_revision(task, revision_id) for task in self.unfinished):
+            return True
+        revision = db_session.get(Revision, revision_id)
+        return revision is not None and bool(
+            revision.desired_replicas or revision.ready_replicas or revision.replicas
+        )
+
+
+def _names_revision(task: Task, revision_id: str) -> bool:
+    metadata = task.task_metadata or {}
+    return revision_id in (metadata.get("deployment_revision_id"), metadata.get("revision_id"))
+
+
+def delete_deployment(
+    db_session: Session, *, workspace: str, name: str, version: int | None = None
+) -> Deletion:
+    """DELETE of a deployment (every version) or of one version.
+
+    First, versions left DELETING by an earlier delete whose task has ended and of which
+    nothing runs become DELETED. Then: if every targeted version is DELETED, their records are
+    removed (after that of every version, the name is free). Otherwise each targeted version
+    that runs or may soon (and, for a whole deployment, its latest version) becomes DELETING
+    and the served name's delete task is needed (unless one is under way); any other becomes
+    DELETED at once: nothing of it runs."""
+    versions = list_deployment_versions(db_session, workspace=workspace, name=name)
+    if version is None:
+        if not versions:
+            raise NotFoundError(f"Deployment '{workspace}/{name}' not found")
+        targets = versions
+    else:
+        targets = [
+            get_deployment_or_raise(db_session, workspace=workspace, name=name, version=version)
+        ]
+    activity = Activity.load(db_session, served=served_name(workspace, name))
+    settle_deleted(db_session, versions=versions, activity=activity)
+    if all(target.status == DeploymentStatus.DELETED for target in targets):
+        for target in targets:
+            db_session.delete(target)
+        db_session.flush()
+        return Deletion(removed=True)
+    deleting = False
+    for target in targets:
+        if target.status == DeploymentStatus.DELETED:
+            continue
+        whole_latest = version is None and target is versions[0]
+        if (
+            target.status == DeploymentStatus.DELETING
+            or whole_latest
+            or activity.may_run(db_session, target)
+        ):
+            set_status(target, DeploymentStatus.DELETING, "Deployment is being deleted")
+            deleting = True
+        else:
+            set_status(target, DeploymentStatus.DELETED, "Deployment deleted")
+    db_session.flush()
+    return Deletion(
+        removed=False,
+        deployment=targets[0],
+        needs_delete_task=deleting and not activity.delete_task_unfinished,
+    )
+
+
+def settle_deleted(db_session: Session, *, versions: list[Deployment], activity: Activity) -> None:
+    """DELETING versions become DELETED once no task of the served name is unfinished and
+    nothing of them runs."""
+    if activity.unfinished:
+        return
+    for deployment in versions:
+        if deployment.status == DeploymentStatus.DELETING and not activity.may_run(
+            db_session, deployment
+        ):
+            set_status(deployment, DeploymentStatus.DELETED, "Deployment deleted")

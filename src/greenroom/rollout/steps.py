@@ -231,7 +231,7 @@ def _snapshot_of_revision(revision: Revision) -> Snapshot:
 
 
 def _version_of(session: Session, revision: Revision) -> Deployment | None:
-    return session.scalars(select(Deployment).where(Deployment.revision_id == revision.id)).first()
+    return _version_by_revision(session, revision.id)
 
 
 def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
@@ -239,9 +239,7 @@ def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
     revision_id = ctx.metadata.get("deployment_revision_id")
     if not revision_id:
         return None
-    deployment = session.scalars(
-        select(Deployment).where(Deployment.revision_id == revision_id)
-    ).first()
+    deployment = _version_by_revision(session, revision_id)
     if deployment is None:
         raise StepFailed(f"The deployment version with revision {revision_id} no longer exists.")
     return deployment
@@ -522,9 +520,7 @@ async def roll_back(ctx: StepContext, reason: str) -> None:
 def _mark_deployment(
     session: Session, revision_id: str, status: DeploymentStatus, message: str
 ) -> None:
-    deployment = session.scalars(
-        select(Deployment).where(Deployment.revision_id == revision_id)
-    ).first()
+    deployment = _version_by_revision(session, revision_id)
     if deployment is not None:
         set_status(deployment, status, message)
 
@@ -538,9 +534,7 @@ def _revision(session: Session, revision_id: str) -> Revision:
 
 def record_step_in_history(session: Session, revision_id: str, step: dict[str, Any]) -> None:
     """The deployment version's history shows each finished step with its duration."""
-    deployment = session.scalars(
-        select(Deployment).where(Deployment.revision_id == revision_id)
-    ).first()
+    deployment = _version_by_revision(session, revision_id)
     if deployment is not None and deployment.status not in (
         DeploymentStatus.READY,
         DeploymentStatus.ERROR,
@@ -566,14 +560,21 @@ async def unroute(ctx: StepContext) -> StepOutcome:
 def _unroute(session: Session, served_name: str) -> str | None:
     live = session.get(LiveRevision, served_name)
     workspace, name = split_served_name(served_name)
-    latest = _latest_deployment(session, workspace, name)
-    if latest is not None:
-        set_status(latest, DeploymentStatus.DELETING, "Deployment is being deleted")
+    targets = [_latest_deployment(session, workspace, name)]
+    if live is not None:
+        targets.append(_version_by_revision(session, live.revision_id))
+    for deployment in targets:
+        if deployment is not None and deployment.status != DeploymentStatus.DELETED:
+            set_status(deployment, DeploymentStatus.DELETING, "Deployment is being deleted")
     if live is None:
         return None
     revision_id = live.revision_id
     session.delete(live)
     return revision_id
+
+
+def _version_by_revision(session: Session, revision_id: str) -> Deployment | None:
+    return session.scalars(select(Deployment).where(Deployment.revision_id == revision_id)).first()
 
 
 async def drain_deleted(ctx: StepContext) -> StepOutcome:
@@ -598,7 +599,14 @@ async def finish_delete(ctx: StepContext) -> StepOutcome:
 
 
 def _mark_deleted(session: Session, served_name: str) -> None:
+    """Every version of the name marked for deletion is gone now: nothing of it runs."""
     workspace, name = split_served_name(served_name)
-    latest = _latest_deployment(session, workspace, name)
-    if latest is not None:
-        set_status(latest, DeploymentStatus.DELETED, "Deployment deleted")
+    deleting = session.scalars(
+        select(Deployment).where(
+            Deployment.workspace == workspace,
+            Deployment.name == name,
+            Deployment.status == DeploymentStatus.DELETING,
+        )
+    ).all()
+    for deployment in deleting:
+        set_status(deployment, DeploymentStatus.DELETED, "Deployment deleted")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 import orjson
@@ -28,6 +29,7 @@ _OPENAI_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+_OPENAI_CODES = {401: "invalid_api_key"}
 
 
 # async: FastAPI runs plain `def` dependencies in its threadpool, a hop per request
@@ -138,9 +140,10 @@ def openai_error(
     *,
     code: str | None = None,
     param: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     error_type = _OPENAI_TYPES.get(status_code, "server_error")
+    code = code or _OPENAI_CODES.get(status_code)
     return JSONResponse(
         {"error": {"message": message, "type": error_type, "param": param, "code": code}},
         status_code=status_code,

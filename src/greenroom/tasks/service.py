@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from greenroom.db import utcnow
 from greenroom.deployments import service as deployments_service
-from greenroom.deployments.models import served_name, split_served_name
+from greenroom.deployments.models import DeploymentConfig, served_name, split_served_name
 from greenroom.deployments.service import DEFAULT_WORKSPACE
 from greenroom.errors import ConflictError, GreenroomError, NotFoundError
 from greenroom.registry import service as registry_service
@@ -126,14 +126,12 @@ def create_deploy_task(
         config = deployments_service.ensure_config_version(
             db_session, workspace=workspace, name=config_name, overrides=overrides
         )
-        metadata = {
-            "deployment_target": config.executor_config.get("runtime") or deployment_target,
-            "initiated_by": initiated_by,
-            "workspace": workspace,
-            "config": config.name,
-            "config_version": config.entity_version,
-            "allow_embedding_space_change": request.allow_embedding_space_change,
-        }
+        metadata = deploy_metadata(
+            config,
+            initiated_by=initiated_by,
+            deployment_target=deployment_target,
+            allow_embedding_space_change=request.allow_embedding_space_change,
+        )
         return _new_task(
             db_session,
             kind=TaskKind.DEPLOY,
@@ -168,6 +166,100 @@ def create_delete_task(
         )
 
     return _store(db_session, build, kind=TaskKind.DELETE, task_id=request.id, body=body)
+
+
+def queue_deploy(
+    db_session: Session,
+    *,
+    served_name: str,
+    config: DeploymentConfig,
+    deployment_revision_id: str,
+    initiated_by: str = "admin",
+    deployment_target: str = "local",
+) -> Task:
+    """The deploy task of a deployment version that the deployments API created: the same kind
+    of task as `create_deploy_task`'s, whose rollout snapshots that version
+    (`deployment_revision_id`) with its config version."""
+    name = canonical(served_name)
+    metadata = deploy_metadata(
+        config,
+        initiated_by=initiated_by,
+        deployment_target=deployment_target,
+        allow_embedding_space_change=False,
+    )
+    metadata["deployment_revision_id"] = deployment_revision_id
+    body = {"embedding_model_id": name, "deployment_revision_id": deployment_revision_id}
+    return new_deploy_task(db_session, name=name, body=body, metadata=metadata)
+
+
+def new_deploy_task(
+    db_session: Session, *, name: str, body: dict[str, Any], metadata: dict[str, Any]
+) -> Task:
+    """A pending deploy task of a served name, with a new id, stored like every task."""
+
+    def build() -> Task:
+        return _new_task(
+            db_session,
+            kind=TaskKind.DEPLOY,
+            task_id=None,
+            name=name,
+            body=body,
+            metadata=metadata,
+        )
+
+    return _store(db_session, build, kind=TaskKind.DEPLOY, task_id=None, body=body)
+
+
+def queue_delete(
+    db_session: Session,
+    *,
+    served_name: str,
+    reason: str,
+    initiated_by: str = "admin",
+    deployment_revision_id: str | None = None,
+) -> Task:
+    """The delete task of a served name that the deployments API asked for (the version it
+    targeted, when it targeted one, in `deployment_revision_id`)."""
+    name = canonical(served_name)
+    body = {"embedding_model_id": name, "reason": reason}
+    metadata: dict[str, Any] = {
+        "deletion_type": "manual",
+        "reason": reason,
+        "initiated_by": initiated_by,
+    }
+    if deployment_revision_id is not None:
+        metadata["deployment_revision_id"] = deployment_revision_id
+
+    def build() -> Task:
+        return _new_task(
+            db_session,
+            kind=TaskKind.DELETE,
+            task_id=None,
+            name=name,
+            body=body,
+            metadata=metadata,
+        )
+
+    return _store(db_session, build, kind=TaskKind.DELETE, task_id=None, body=body)
+
+
+def deploy_metadata(
+    config: DeploymentConfig,
+    *,
+    initiated_by: str,
+    deployment_target: str,
+    allow_embedding_space_change: bool,
+) -> dict[str, Any]:
+    """A deploy task's metadata: the config version it deploys, and where (the config's runtime,
+    else the server's)."""
+    return {
+        "deployment_target": config.executor_config.get("runtime") or deployment_target,
+        "initiated_by": initiated_by,
+        "workspace": config.workspace,
+        "config": config.name,
+        "config_version": config.entity_version,
+        "allow_embedding_space_change": allow_embedding_space_change,
+    }
 
 
 def new_task_id(kind: TaskKind) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
+from greenroom.auth.deps import CurrentPrincipal
 from greenroom.config import Settings
-from greenroom.deps import DbSession
-from greenroom.signals import Topic
+from greenroom.deps import DbSession, notify_workers_after_commit
 from greenroom.tasks import service as tasks_service
+from greenroom.tasks.rollback import RollbackRequest, create_rollback_task
 from greenroom.tasks.schemas import (
     ModelDeletionRequest,
     ModelDeletionResponse,
@@ -29,12 +28,36 @@ api_router = APIRouter(prefix="/internal/inference-deployment", tags=["tasks"])
 
 @api_router.post("/deploy", response_model=ModelDeploymentResponse)
 def deploy(
-    body: ModelDeploymentRequest, db_session: DbSession, request: Request
+    body: ModelDeploymentRequest,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
 ) -> ModelDeploymentResponse:
     task = tasks_service.create_deploy_task(
-        db_session, request=body, deployment_target=_settings(request).runtime
+        db_session,
+        request=body,
+        initiated_by=principal.name,
+        deployment_target=_settings(request).runtime,
     )
-    _notify_workers_after_commit(request, db_session)
+    notify_workers_after_commit(request, db_session)
+    return ModelDeploymentResponse.from_task(task)
+
+
+@api_router.post("/rollback", response_model=ModelDeploymentResponse)
+def rollback(
+    body: RollbackRequest,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+) -> ModelDeploymentResponse:
+    """A deploy task bringing back the previous (or the named) revision as a new revision."""
+    task = create_rollback_task(
+        db_session,
+        request=body,
+        initiated_by=principal.name,
+        deployment_target=_settings(request).runtime,
+    )
+    notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
 
 
@@ -59,7 +82,7 @@ def cancel_deploy_task(
     task_id: str, db_session: DbSession, request: Request
 ) -> ModelDeploymentResponse:
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
-    _notify_workers_after_commit(request, db_session)
+    notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
 
 
@@ -78,10 +101,13 @@ def list_tasks(
 
 @api_router.post("/delete", response_model=ModelDeletionResponse)
 def delete(
-    body: ModelDeletionRequest, db_session: DbSession, request: Request
+    body: ModelDeletionRequest,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
 ) -> ModelDeletionResponse:
-    task = tasks_service.create_delete_task(db_session, request=body)
-    _notify_workers_after_commit(request, db_session)
+    task = tasks_service.create_delete_task(db_session, request=body, initiated_by=principal.name)
+    notify_workers_after_commit(request, db_session)
     return ModelDeletionResponse.from_task(task)
 
 
@@ -104,17 +130,8 @@ def cancel_delete_task(
     task_id: str, db_session: DbSession, request: Request
 ) -> ModelDeletionResponse:
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DELETE)
-    _notify_workers_after_commit(request, db_session)
+    notify_workers_after_commit(request, db_session)
     return ModelDeletionResponse.from_task(task)
-
-
-def _notify_workers_after_commit(request: Request, db_session: Session) -> None:
-    """Wake this process's workers once the request's session commits (not before: a woken
-    worker must find the task). Apps without signals (some tests) skip it."""
-    signals = getattr(request.app.state, "signals", None)
-    if signals is None:
-        return
-    event.listen(db_session, "after_commit", lambda _: signals.notify(Topic.TASKS), once=True)
 
 
 def _settings(request: Request) -> Settings:

@@ -1,0 +1,1 @@
+"""Tokens, scopes and the principal of a request (api/auth.md)."""

@@ -1,0 +1,37 @@
+"""`/v1/tokens`: create, list and revoke tokens (admin only; api/auth.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from greenroom.auth import service as auth_service
+from greenroom.auth.deps import get_authenticator
+from greenroom.auth.schemas import TokenCreate, TokenCreated, TokenRead
+from greenroom.auth.service import Authenticator
+from greenroom.deps import DbSession
+
+api_router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+
+
+@api_router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+def create_token(token_in: TokenCreate, db_session: DbSession) -> TokenCreated:
+    """The only answer that shows the token's secret (`token`)."""
+    token, secret = auth_service.create(db_session, token_in=token_in)
+    return TokenCreated(id=token.id, name=token.name, scopes=token.scopes, token=secret)
+
+
+@api_router.get("", response_model=list[TokenRead])
+def list_tokens(db_session: DbSession) -> list[TokenRead]:
+    """Every token, revoked ones included, oldest first; never a secret."""
+    return [TokenRead.model_validate(token) for token in auth_service.get_all(db_session)]
+
+
+@api_router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(token_id: str, authenticator: AuthenticatorDep) -> Response:
+    """Revoke at once: this process stops accepting the token before the answer is sent."""
+    authenticator.revoke(token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,412 @@
+"""The deployments API (api/deployments.md): deployment configs and deployments, per workspace.
+
+Thin views: parse, call one service (or flow) function, shape the response. A new deployment
+version queues a deploy task and a DELETE of something that runs a delete task; workers are woken
+once the request's session has committed.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from greenroom.auth.deps import CurrentPrincipal
+from greenroom.auth.service import Principal
+from greenroom.config import Settings
+from greenroom.deployments import flows as deployments_flows
+from greenroom.deployments import service as deployments_service
+from greenroom.deployments.models import Deployment
+from greenroom.deployments.schemas import (
+    NAME_PATTERN,
+    PROJECT_PATTERN,
+    DeploymentConfigCreate,
+    DeploymentConfigPage,
+    DeploymentConfigRead,
+    DeploymentConfigUpdate,
+    DeploymentCreate,
+    DeploymentPage,
+    DeploymentRead,
+    DeploymentStatusName,
+    DeploymentStatusUpdate,
+    DeploymentUpdate,
+    Pagination,
+    config_read,
+    deployment_read,
+)
+from greenroom.deps import DbSession, notify_workers_after_commit
+
+api_router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}", tags=["deployments"])
+
+Workspace = Annotated[str, Path(max_length=255, pattern=NAME_PATTERN)]
+Name = Annotated[str, Path(max_length=255, pattern=NAME_PATTERN)]
+Page = Annotated[int, Query(ge=1)]
+PageSize = Annotated[int, Query(ge=1, le=1000)]
+FilterName = Annotated[str | None, Query(max_length=255, pattern=NAME_PATTERN)]
+FilterProject = Annotated[str | None, Query(max_length=255, pattern=PROJECT_PATTERN)]
+
+
+def _sort_pattern(fields: tuple[str, ...]) -> str:
+    return rf"^-?({'|'.join(fields)})$"
+
+
+ConfigSort = Annotated[str, Query(pattern=_sort_pattern(deployments_service.CONFIG_SORT_FIELDS))]
+DeploymentSort = Annotated[
+    str, Query(pattern=_sort_pattern(deployments_service.DEPLOYMENT_SORT_FIELDS))
+]
+
+
+# ----- deployment configs ------------------------------------------------------------------------
+
+
+@api_router.get("/deployment-configs", response_model=DeploymentConfigPage)
+def list_configs(
+    workspace: Workspace,
+    db_session: DbSession,
+    page: Page = 1,
+    page_size: PageSize = 100,
+    sort: ConfigSort = "created_at",
+    name: FilterName = None,
+    project: FilterProject = None,
+    model_name: FilterName = None,
+) -> DeploymentConfigPage:
+    filters = _given(name=name, project=project, model_name=model_name)
+    result = deployments_service.list_configs(
+        db_session,
+        workspace=workspace,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        filters=filters,
+    )
+    return DeploymentConfigPage(
+        data=[config_read(config) for config in result.items],
+        pagination=_pagination(result),
+        sort=sort,
+        filter=filters,
+    )
+
+
+@api_router.post(
+    "/deployment-configs",
+    status_code=HTTPStatus.CREATED,
+    response_model=DeploymentConfigRead,
+)
+def create_config(
+    workspace: Workspace, config_in: DeploymentConfigCreate, db_session: DbSession
+) -> DeploymentConfigRead:
+    executor_config = config_in.executor_config.model_dump(mode="json", exclude_none=True)
+    config = deployments_service.create_config(
+        db_session,
+        workspace=workspace,
+        name=config_in.name,
+        model_name=config_in.model_spec.model_name,
+        model_revision=config_in.model_spec.model_revision,
+        engine=config_in.engine,
+        executor_config=executor_config,
+        project=config_in.project,
+        description=config_in.description,
+    )
+    return config_read(config)
+
+
+@api_router.get("/deployment-configs/{name}", response_model=DeploymentConfigRead)
+def get_config(workspace: Workspace, name: Name, db_session: DbSession) -> DeploymentConfigRead:
+    config = deployments_service.get_latest_config_or_raise(
+        db_session, workspace=workspace, name=name
+    )
+    return config_read(config)
+
+
+@api_router.get("/deployment-configs/{name}/versions", response_model=list[DeploymentConfigRead])
+def list_config_versions(
+    workspace: Workspace, name: Name, db_session: DbSession
+) -> list[DeploymentConfigRead]:
+    versions = deployments_service.list_config_versions(db_session, workspace=workspace, name=name)
+    return [config_read(config) for config in versions]
+
+
+@api_router.get(
+    "/deployment-configs/{name}/versions/{version}", response_model=DeploymentConfigRead
+)
+def get_config_version(
+    workspace: Workspace, name: Name, version: str, db_session: DbSession
+) -> DeploymentConfigRead:
+    config = deployments_service.get_config_or_raise(
+        db_session,
+        workspace=workspace,
+        name=name,
+        version=deployments_service.parse_version(version),
+    )
+    return config_read(config)
+
+
+@api_router.post(
+    "/deployment-configs/{name}",
+    status_code=HTTPStatus.CREATED,
+    response_model=DeploymentConfigRead,
+)
+def update_config(
+    workspace: Workspace, name: Name, config_in: DeploymentConfigUpdate, db_session: DbSession
+) -> DeploymentConfigRead:
+    config = deployments_service.update_config(
+        db_session, workspace=workspace, name=name, config_in=config_in
+    )
+    return config_read(config)
+
+
+@api_router.delete("/deployment-configs/{name}", status_code=HTTPStatus.NO_CONTENT)
+def delete_config(workspace: Workspace, name: Name, db_session: DbSession) -> Response:
+    deployments_service.delete_config(db_session, workspace=workspace, name=name)
+    return Response(status_code=HTTPStatus.NO_CONTENT)
+
+
+@api_router.delete(
+    "/deployment-configs/{name}/versions/{version}", status_code=HTTPStatus.NO_CONTENT
+)
+def delete_config_version(
+    workspace: Workspace, name: Name, version: str, db_session: DbSession
+) -> Response:
+    deployments_service.delete_config(
+        db_session,
+        workspace=workspace,
+        name=name,
+        version=deployments_service.parse_version(version),
+    )
+    return Response(status_code=HTTPStatus.NO_CONTENT)
+
+
+# ----- deployments -------------------------------------------------------------------------------
+
+
+@api_router.get("/deployments", response_model=DeploymentPage)
+def list_deployments(
+    workspace: Workspace,
+    db_session: DbSession,
+    page: Page = 1,
+    page_size: PageSize = 100,
+    sort: DeploymentSort = "created_at",
+    all_versions: bool = False,
+    name: FilterName = None,
+    status: DeploymentStatusName | None = None,
+    config: FilterName = None,
+    project: FilterProject = None,
+) -> DeploymentPage:
+    filters = _given(name=name, status=status, config=config, project=project)
+    result = deployments_service.list_deployments(
+        db_session,
+        workspace=workspace,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        filters=filters,
+        all_versions=all_versions,
+    )
+    return DeploymentPage(
+        data=_deployment_reads(db_session, result.items),
+        pagination=_pagination(result),
+        sort=sort,
+        filter=filters,
+    )
+
+
+@api_router.post("/deployments", status_code=HTTPStatus.CREATED, response_model=DeploymentRead)
+def create_deployment(
+    workspace: Workspace,
+    deployment_in: DeploymentCreate,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+) -> DeploymentRead:
+    deployment = deployments_flows.create_deployment(
+        db_session,
+        workspace=workspace,
+        deployment_in=deployment_in,
+        caller=caller(principal),
+        deployment_target=_settings(request).runtime,
+    )
+    notify_workers_after_commit(request, db_session)
+    return _deployment_read(db_session, deployment)
+
+
+@api_router.get("/deployments/{name}", response_model=DeploymentRead)
+def get_deployment(workspace: Workspace, name: Name, db_session: DbSession) -> DeploymentRead:
+    deployment = deployments_service.get_latest_deployment_or_raise(
+        db_session, workspace=workspace, name=name
+    )
+    return _deployment_read(db_session, deployment)
+
+
+@api_router.get("/deployments/{name}/versions", response_model=list[DeploymentRead])
+def list_deployment_versions(
+    workspace: Workspace, name: Name, db_session: DbSession
+) -> list[DeploymentRead]:
+    versions = deployments_service.list_deployment_versions(
+        db_session, workspace=workspace, name=name
+    )
+    return _deployment_reads(db_session, versions)
+
+
+@api_router.get("/deployments/{name}/versions/{version}", response_model=DeploymentRead)
+def get_deployment_version(
+    workspace: Workspace, name: Name, version: str, db_session: DbSession
+) -> DeploymentRead:
+    deployment = deployments_service.get_deployment_or_raise(
+        db_session,
+        workspace=workspace,
+        name=name,
+        version=deployments_service.parse_version(version),
+    )
+    return _deployment_read(db_session, deployment)
+
+
+@api_router.post(
+    "/deployments/{name}", status_code=HTTPStatus.CREATED, response_model=DeploymentRead
+)
+def create_deployment_version(
+    workspace: Workspace,
+    name: Name,
+    deployment_in: DeploymentUpdate,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+) -> DeploymentRead:
+    deployment = deployments_flows.create_deployment_version(
+        db_session,
+        workspace=workspace,
+        name=name,
+        deployment_in=deployment_in,
+        caller=caller(principal),
+        deployment_target=_settings(request).runtime,
+    )
+    notify_workers_after_commit(request, db_session)
+    return _deployment_read(db_session, deployment)
+
+
+@api_router.post("/deployments/{name}/status", response_model=DeploymentRead)
+def update_deployment_status(
+    workspace: Workspace,
+    name: Name,
+    status_in: DeploymentStatusUpdate,
+    db_session: DbSession,
+    version: str | None = None,
+) -> DeploymentRead:
+    deployment = deployments_service.update_status(
+        db_session,
+        workspace=workspace,
+        name=name,
+        version=deployments_service.parse_version(version) if version is not None else None,
+        status_in=status_in,
+    )
+    return _deployment_read(db_session, deployment)
+
+
+DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": DeploymentRead,
+        "description": "marked DELETING (a delete task queued) or DELETED (nothing of it ran)",
+    },
+    204: {"description": "every targeted version was already DELETED: records removed"},
+}
+
+
+@api_router.delete(
+    "/deployments/{name}",
+    response_model=None,
+    status_code=HTTPStatus.ACCEPTED,
+    responses=DELETE_RESPONSES,
+)
+def delete_deployment(
+    workspace: Workspace,
+    name: Name,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+) -> Response:
+    return _delete(db_session, request, principal, workspace=workspace, name=name, version=None)
+
+
+@api_router.delete(
+    "/deployments/{name}/versions/{version}",
+    response_model=None,
+    status_code=HTTPStatus.ACCEPTED,
+    responses=DELETE_RESPONSES,
+)
+def delete_deployment_version(
+    workspace: Workspace,
+    name: Name,
+    version: str,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+) -> Response:
+    number = deployments_service.parse_version(version)
+    return _delete(db_session, request, principal, workspace=workspace, name=name, version=number)
+
+
+# ----- helpers -----------------------------------------------------------------------------------
+
+
+def caller(principal: Principal) -> deployments_service.Caller:
+    """Who is calling, as the deployment's `auth_context` and the task's `initiated_by` record."""
+    return deployments_service.Caller(id=principal.id, name=principal.name)
+
+
+def _delete(
+    db_session: Session,
+    request: Request,
+    principal: Principal,
+    *,
+    workspace: str,
+    name: str,
+    version: int | None,
+) -> Response:
+    deletion = deployments_flows.delete_deployment(
+        db_session,
+        workspace=workspace,
+        name=name,
+        version=version,
+        caller=caller(principal),
+    )
+    if deletion.removed or deletion.deployment is None:
+        return Response(status_code=HTTPStatus.NO_CONTENT)
+    if deletion.needs_delete_task:
+        notify_workers_after_commit(request, db_session)
+    body = _deployment_read(db_session, deletion.deployment)
+    return JSONResponse(body.model_dump(mode="json"), status_code=HTTPStatus.ACCEPTED)
+
+
+def _deployment_read(db_session: Session, deployment: Deployment) -> DeploymentRead:
+    return _deployment_reads(db_session, [deployment])[0]
+
+
+def _deployment_reads(db_session: Session, deployments: list[Deployment]) -> list[DeploymentRead]:
+    """Reads of these versions, with the live pointers of their served names (one query)."""
+    live = deployments_service.live_revisions(
+        db_session, served_names=(deployment.served_name for deployment in deployments)
+    )
+    return [
+        deployment_read(deployment, live.get(deployment.served_name)) for deployment in deployments
+    ]
+
+
+def _pagination(result: deployments_service.Page[Any]) -> Pagination:
+    return Pagination(
+        page=result.page,
+        page_size=result.page_size,
+        current_page_size=len(result.items),
+        total_pages=result.total_pages,
+        total_results=result.total,
+    )
+
+
+def _given(**filters: str | None) -> dict[str, str]:
+    return {key: value for key, value in filters.items() if value is not None}
+
+
+def _settings(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else Settings()
