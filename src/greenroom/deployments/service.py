@@ -617,9 +617,6 @@ class Caller:
     name: str
 
 
-ADMIN = Caller(id="admin", name="admin")  # a server without authentication
-
-
 def auth_context(caller: Caller) -> dict[str, Any]:
     """Who created a version, as stored (api/deployments.md `auth_context`)."""
     return {
