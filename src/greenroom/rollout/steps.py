@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from greenroom.config import Settings, default_threads
 from greenroom.db import Store, utcnow
+from greenroom.deployments import service as deployments_service
 from greenroom.deployments.models import Deployment, DeploymentConfig, split_served_name
 from greenroom.deployments.schemas import ServingSettings
 from greenroom.deployments.states import DeploymentStatus, set_status
@@ -144,7 +145,7 @@ class Snapshot:
 
 def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
     workspace, name = split_served_name(ctx.served_name)
-    latest = _latest_deployment(session, workspace, name)
+    latest = deployments_service.get_latest_deployment(session, workspace=workspace, name=name)
     requested = _requested_version(session, ctx)  # pre-created by the deployments API
     rollback_of = ctx.metadata.get("rollback_of")
     if rollback_of:
@@ -243,15 +244,6 @@ def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
     if deployment is None:
         raise StepFailed(f"The deployment version with revision {revision_id} no longer exists.")
     return deployment
-
-
-def _latest_deployment(session: Session, workspace: str, name: str) -> Deployment | None:
-    return session.scalars(
-        select(Deployment)
-        .where(Deployment.workspace == workspace, Deployment.name == name)
-        .order_by(Deployment.entity_version.desc())
-        .limit(1)
-    ).first()
 
 
 def _deploy_config(
@@ -560,7 +552,7 @@ async def unroute(ctx: StepContext) -> StepOutcome:
 def _unroute(session: Session, served_name: str) -> str | None:
     live = session.get(LiveRevision, served_name)
     workspace, name = split_served_name(served_name)
-    targets = [_latest_deployment(session, workspace, name)]
+    targets = [deployments_service.get_latest_deployment(session, workspace=workspace, name=name)]
     if live is not None:
         targets.append(_version_by_revision(session, live.revision_id))
     for deployment in targets:
