@@ -345,9 +345,6 @@ def rollback(
         task = client.rollback(model, revision, allow_embedding_space_change)
     except ClientError as exc:
         raise _fail(exc) from None
-    if task["status"] == "refused":
-        errors.print(f"[red]{task['id']} refused:[/red] {task.get('detail')}", soft_wrap=True)
-        raise typer.Exit(1)
     _after_submit(client, task, wait)
 
 
@@ -427,16 +424,22 @@ def status(server: Server = DEFAULT_URL) -> None:
 
 def _after_submit(client: GreenroomClient, task: dict[str, Any], wait: bool) -> None:
     print(task["id"])
+    if task["status"] in ("refused", "canceled", "failed"):  # ended before it started
+        _report_end(task)
     if not wait:
         errors.print(f"{task['id']} is {task['status']}; follow it with --wait")
         return
-    final = follow(client, task["id"])
-    if final["status"] != "done":
-        detail = final.get("detail") or ""
-        errors.print(f"[red]{final['id']} {final['status']}:[/red] {detail}", soft_wrap=True)
+    _report_end(follow(client, task["id"]))
+
+
+def _report_end(task: dict[str, Any]) -> None:
+    """Say how the task ended; exit 1 unless it is done."""
+    if task["status"] != "done":
+        detail = task.get("detail") or ""
+        errors.print(f"[red]{task['id']} {task['status']}:[/red] {detail}", soft_wrap=True)
         raise typer.Exit(1)
-    result = final.get("metadata", {}).get("result", "done")
-    errors.print(f"[green]{final['id']} done[/green] ({result})")
+    result = task.get("metadata", {}).get("result", "done")
+    errors.print(f"[green]{task['id']} done[/green] ({result})")
 
 
 def follow(client: GreenroomClient, task_id: str, interval_s: float = 0.3) -> dict[str, Any]:
