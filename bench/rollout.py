@@ -727,8 +727,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runtime",
         choices=["local", "ray"],
         default="local",
-        help="runtime backend of the server, passed as GREENROOM_RUNTIME (ray is not "
-        "implemented yet; it is passed through as is)",
+        help="runtime backend of the server, passed as GREENROOM_RUNTIME (ray: a private "
+        "local Ray unless RAY_ADDRESS is set)",
     )
     args = parser.parse_args(argv)
     if args.deploys < 1 or args.concurrency < 1:

@@ -1094,8 +1094,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runtime",
         choices=["local", "ray"],
         default="local",
-        help="runtime backend of the server, passed as GREENROOM_RUNTIME (ray is passed "
-        "through as is)",
+        help="runtime backend of the server, passed as GREENROOM_RUNTIME (ray: a private "
+        "local Ray unless RAY_ADDRESS is set)",
     )
     parser.add_argument(
         "--engine",

@@ -166,3 +166,29 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
         yield db
     finally:
         db.dispose()
+
+
+# ----- Ray: one private local Ray per test session (tests marked `ray`) --------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A private local Ray (and Serve) shared by every Ray test of the session, stopped at its end.
+
+    RayRuntime instances attach to it (not owning it) and delete their applications on close.
+    """
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from greenroom.runtime.ray import start_private_ray, start_serve
+
+    temp_dir = start_private_ray(num_cpus=2, temp_dir=Path(f"/tmp/gr-ray-test-{os.getpid()}"))
+    start_serve(None)
+    try:
+        yield
+    finally:
+        import shutil
+
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

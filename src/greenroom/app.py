@@ -28,6 +28,7 @@ from greenroom.deployments import views as deployments_views
 from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.migrations import upgrade
+from greenroom.notify import PostgresBridge
 from greenroom.ops import views as ops_views
 from greenroom.registry import views as registry_views
 from greenroom.rollout.runner import TaskRunner
@@ -35,6 +36,7 @@ from greenroom.runtime.base import RuntimeBackend
 from greenroom.runtime.local import LocalRuntime
 from greenroom.runtime.reconcile import Reconciler
 from greenroom.serving import views as serving_views
+from greenroom.serving.replicas import StoreReplicas
 from greenroom.serving.router import Router
 from greenroom.serving.sync import RouterSync
 from greenroom.serving.views import is_openai_path, openai_error
@@ -57,10 +59,18 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         await asyncio.to_thread(upgrade, store.url)
         await asyncio.to_thread(ensure_admin_token, settings, store)
         signals, metrics = Signals(), Metrics()
-        backend = runtime or LocalRuntime(settings)
-        router = Router(backend, metrics, settings)
+        bridge = PostgresBridge(store.url, signals) if store.is_postgres else None
+        if bridge is not None:
+            await bridge.start()  # other processes' changes wake this one (LISTEN/NOTIFY)
+        backend = runtime or make_runtime(settings)
+        if settings.supervisor:  # Ray: connect (or start a private Ray), adopt running apps
+            await backend.open()
+        # the router follows the runtime where this process supervises replicas, else the
+        # supervisor's reports in the store
+        reported = None if settings.supervisor else StoreReplicas()
+        router = Router(backend if reported is None else reported, metrics, settings)
         metrics.watch(router, backend)
-        sync = RouterSync(store, router, signals)
+        sync = RouterSync(store, router, signals, replicas=reported)
         state = app.state
         state.settings, state.store, state.signals, state.metrics = (
             settings,
@@ -75,10 +85,11 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         def start(coroutine: Coroutine[Any, Any, None], name: str) -> None:
             loops.append(asyncio.create_task(coroutine, name=name))
 
-        reconciler = Reconciler(
-            store, backend, signals, target=settings.runtime, lost_after_s=settings.lost_after_s
-        )
-        start(reconciler.run(), "reconcile")
+        if settings.supervisor:
+            reconciler = Reconciler(
+                store, backend, signals, target=settings.runtime, lost_after_s=settings.lost_after_s
+            )
+            start(reconciler.run(), "reconcile")
         start(sync.run(), "router sync")
         worker = None
         if settings.worker_enabled:
@@ -109,6 +120,8 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
                 await asyncio.to_thread(sync.forget_report)
             await router.close()
             await backend.close()
+            if bridge is not None:
+                await bridge.stop()
             store.dispose()
 
     app = FastAPI(
@@ -132,6 +145,15 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         app.include_router(views.api_router)
     install_error_handlers(app)
     return app
+
+
+def make_runtime(settings: Settings) -> RuntimeBackend:
+    """The server's runtime backend: `local` processes, or Ray Serve (the `ray` extra)."""
+    if settings.runtime == "ray":
+        from greenroom.runtime.ray import RayRuntime
+
+        return RayRuntime(settings)
+    return LocalRuntime(settings)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tokens_app, name="tokens")
 console = Console()
 errors = Console(stderr=True)
+WORKER_STOP_GRACE_S = 5.0  # a stopping worker lets running tasks end this long, then hands over
 
 DataDir = Annotated[
     Path | None,
@@ -92,7 +94,8 @@ def serve(
     """Start the API, the router, the supervisor of local replicas and an embedded worker.
 
     On first start the default model is registered and deployed; after a restart whatever was
-    live comes back from the store.
+    live comes back from the store. With GREENROOM_SUPERVISOR=false it runs no supervisor and
+    routes to the replicas another `greenroom serve` on this machine reports to the store.
     """
     import uvicorn
 
@@ -129,6 +132,7 @@ def worker(
     from greenroom.db import Store
     from greenroom.metrics import Metrics
     from greenroom.migrations import upgrade
+    from greenroom.notify import PostgresBridge
     from greenroom.rollout.runner import TaskRunner
     from greenroom.signals import Signals
     from greenroom.worker.loop import Worker, default_worker_id
@@ -150,8 +154,25 @@ def worker(
         concurrency=settings.worker_concurrency,
         lease_s=settings.lease_s,
     )
+
+    async def run() -> None:
+        # on PostgreSQL the servers' changes (new tasks, reported replicas, router reports)
+        # wake this worker at once through LISTEN/NOTIFY, and its changes wake them
+        bridge = PostgresBridge(store.url, signals) if store.is_postgres else None
+        if bridge is not None:
+            await bridge.start()
+        # SIGTERM: stop claiming, give running tasks a moment, release the rest's leases
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGTERM, lambda: asyncio.ensure_future(loop_worker.stop(WORKER_STOP_GRACE_S))
+        )
+        try:
+            await loop_worker.run()
+        finally:
+            if bridge is not None:
+                await bridge.stop()
+
     try:
-        asyncio.run(loop_worker.run())
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
     finally:

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     runtime: RuntimeTarget = "local"
+    # Whether this API process runs the supervisor (the reconciler of desired replicas). Local
+    # replicas die with the process that owns them, so among several `greenroom serve` processes
+    # on one machine exactly one runs it; the others (false) route to the replicas it reports to
+    # the store. With the Ray runtime every process keeps it on (Ray replicas are shared).
+    supervisor: bool = True
 
     # The model deployed on first start; empty id disables it (tests start bare servers).
     default_model_id: str = DEFAULT_MODEL_ID
@@ -44,6 +49,14 @@ class Settings(BaseSettings):
     replica_wait_s: float = 10.0
     # A live revision whose replicas are all down this long turns its deployment version LOST.
     lost_after_s: float = 10.0
+
+    # Ray runtime (`runtime = "ray"`; `RAY_ADDRESS` picks an existing cluster, else a private one).
+    # The CPU share a Serve replica asks of Ray; unset: half its threads' share of the cores.
+    ray_replica_num_cpus: float | None = None
+    # Serve's cap on requests in flight per replica (its default, 5, would cap batching).
+    ray_max_ongoing_requests: int = 32
+    # Port of Serve's HTTP proxy; unset, no proxy runs (the router talks to replicas directly).
+    ray_http_port: int | None = None
 
     # Authentication: the admin token's value (automation, CI); unset, the first start creates one
     # and writes it to `<data dir>/admin.token` (api/auth.md).

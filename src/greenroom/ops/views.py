@@ -23,9 +23,9 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     if reason := await asyncio.to_thread(state.startup.not_ready_reason, state.store):
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
-    router, runtime = state.router, state.runtime
+    router = state.router
     for name, route in router.live_routes().items():
-        if not runtime.ready_replicas(route.revision_id):
+        if not router.ready_replicas(route.revision_id):
             return JSONResponse(
                 {"status": "not ready", "reason": f"'{name}' has no ready replica."},
                 status_code=503,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 
 class ReplicaState(StrEnum):
@@ -63,6 +64,19 @@ class ReplicaStatus:
 ChangeListener = Callable[[str], None]
 
 
+class ReplicaSource(Protocol):
+    """Where the router learns a revision's replicas: the runtime itself in a process that runs
+    the supervisor, or the supervisor's reports in the store (`serving.replicas.StoreReplicas`)."""
+
+    def replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        """The revision's replicas now; empty for an unknown revision."""
+        ...
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call `listener(revision_id)` whenever a replica of that revision changes."""
+        ...
+
+
 class RuntimeBackend(ABC):
     """Start, report and stop the replicas of revisions."""
 
@@ -70,6 +84,9 @@ class RuntimeBackend(ABC):
 
     def __init__(self) -> None:
         self._listeners: list[ChangeListener] = []
+
+    async def open(self) -> None:  # noqa: B027 (optional hook)
+        """Connect and adopt what already runs (Ray); called once before the first use."""
 
     @abstractmethod
     async def start_revision(self, spec: RevisionSpec) -> None:

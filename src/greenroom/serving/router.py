@@ -28,7 +28,7 @@ from greenroom.errors import (
 )
 from greenroom.metrics import Metrics
 from greenroom.registry.weights import ModelInfo
-from greenroom.runtime.base import ReplicaStatus, RuntimeBackend
+from greenroom.runtime.base import ReplicaSource, ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
 from greenroom.serving.batching import BatchQueue
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
@@ -81,14 +81,17 @@ class RevisionRoute:
 
 
 class Router:
-    def __init__(self, runtime: RuntimeBackend, metrics: Metrics, settings: Settings) -> None:
-        self.runtime = runtime
+    """Routes requests to the replicas that `replicas` reports: the runtime itself where this
+    process runs the supervisor, the supervisor's reports in the store where it does not."""
+
+    def __init__(self, replicas: ReplicaSource, metrics: Metrics, settings: Settings) -> None:
+        self.replica_source = replicas
         self.metrics = metrics
         self.settings = settings
         self._routes: dict[str, RevisionRoute] = {}  # by revision id
         self._live: dict[str, RevisionRoute] = {}  # by served name
         self._drained_listeners: list[Callable[[str], None]] = []
-        runtime.subscribe(self._on_runtime_change)
+        replicas.subscribe(self._on_replicas_change)
 
     # ----- the live-revision pointer -------------------------------------------------------
     def add_revision(self, revision: ServedRevision) -> None:
@@ -137,6 +140,9 @@ class Router:
 
     def revision_ids(self) -> set[str]:
         return set(self._routes)
+
+    def ready_replicas(self, revision_id: str) -> list[ReplicaStatus]:
+        return [r for r in self.replica_source.replicas(revision_id) if r.state.is_ready()]
 
     def in_flight(self, revision_id: str) -> int:
         route = self._routes.get(revision_id)
@@ -229,14 +235,14 @@ class Router:
         return token_ids
 
     # ----- replica workers -----------------------------------------------------------------
-    def _on_runtime_change(self, revision_id: str) -> None:
+    def _on_replicas_change(self, revision_id: str) -> None:
         if revision_id in self._routes:
             self._sync_workers(revision_id)
 
     def _sync_workers(self, revision_id: str) -> None:
-        """One worker per ready replica the runtime reports; none for the others."""
+        """One worker per ready replica the replica source reports; none for the others."""
         route = self._routes[revision_id]
-        replicas = {r.replica_id: r for r in self.runtime.replicas(revision_id)}
+        replicas = {r.replica_id: r for r in self.replica_source.replicas(revision_id)}
         ready = {rid: r for rid, r in replicas.items() if r.endpoint is not None}
         not_ready = {r.endpoint for r in replicas.values()}
         route.broken &= {e for e in not_ready if e is not None}  # a restart clears the mark

@@ -4,6 +4,10 @@ Each API process runs one `RouterSync`: it reads `live_revisions`, prepares revi
 does not know yet and switches names with `set_live`, removes names that are no longer live, and
 forgets old revisions once nothing is in flight to them. It also writes the router's report
 (live revision per name, batches in flight per revision) that the rollout's drain waits on.
+
+In a process without a supervisor (`GREENROOM_SUPERVISOR=false`) it also feeds the router's
+replica source from the store (`StoreReplicas`): every pass reads the replica reports of the
+revisions the router serves, and REPORTED signals start a pass as LIVE ones do.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from sqlalchemy import select
 from greenroom.db import Store, utcnow
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import inspect_model
+from greenroom.runtime.base import ReplicaStatus
 from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.serving.replicas import StoreReplicas, replicas_from_report
 from greenroom.serving.router import Router, ServedRevision
 from greenroom.signals import Signals, Topic
 from greenroom.workloads.models import Revision
@@ -40,15 +46,25 @@ def new_router_id() -> str:
 
 
 class RouterSync:
-    def __init__(self, store: Store, router: Router, signals: Signals) -> None:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        signals: Signals,
+        *,
+        replicas: StoreReplicas | None = None,
+    ) -> None:
         self.store = store
         self.router = router
         self.signals = signals
+        self.replicas = replicas  # fed from the store when this process runs no supervisor
+        self._topics = (Topic.LIVE,) if replicas is None else (Topic.LIVE, Topic.REPORTED)
         self.router_id = new_router_id()
         self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
         self._last_report: tuple[dict, dict] | None = None
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
-        router.on_drained(lambda _revision_id: signals.notify(Topic.LIVE))
+        # (a wake-up of this process's pass only; the report itself notifies ROUTERS)
+        router.on_drained(lambda _revision_id: signals.wake(Topic.LIVE))
 
     async def run(self) -> None:
         while True:
@@ -57,10 +73,13 @@ class RouterSync:
                 await self.report()
             except Exception:  # keep following the store; the next pass retries
                 log.exception("router sync failed")
-            await self.signals.wait(Topic.LIVE)
+            await self.signals.wait_any(self._topics)
 
     async def sync_once(self) -> None:
-        pointers = await asyncio.to_thread(self._read_pointers)
+        known = self.router.revision_ids()
+        pointers, reports = await asyncio.to_thread(self._read_store, known)
+        if self.replicas is not None:
+            self.replicas.update(reports)
         live_names = set()
         for pointer in pointers:
             live_names.add(pointer.served_name)
@@ -79,7 +98,11 @@ class RouterSync:
             if self.router.in_flight(revision_id) == 0:
                 await self.router.drop_revision(revision_id)
 
-    def _read_pointers(self) -> list[LivePointer]:
+    def _read_store(
+        self, known: set[str]
+    ) -> tuple[list[LivePointer], dict[str, list[ReplicaStatus]]]:
+        """The live pointers and, when feeding a `StoreReplicas`, the replica reports of the
+        live revisions and of those the router still knows (draining ones)."""
         with self.store.session_scope() as session:
             rows = session.execute(
                 select(LiveRevision, Revision, EmbeddingModel)
@@ -88,10 +111,16 @@ class RouterSync:
                     EmbeddingModel, EmbeddingModel.id == Revision.embedding_model_id, isouter=True
                 )
             ).all()
-            return [
+            pointers = [
                 LivePointer(live.served_name, self._served_revision(revision, model))
                 for live, revision, model in rows
             ]
+            reports: dict[str, list[ReplicaStatus]] = {}
+            if self.replicas is not None:
+                wanted = known | {pointer.revision.revision_id for pointer in pointers}
+                revisions = session.scalars(select(Revision).where(Revision.id.in_(wanted)))
+                reports = {r.id: replicas_from_report(r.id, r.replicas or []) for r in revisions}
+            return pointers, reports
 
     def _served_revision(self, revision: Revision, model: EmbeddingModel | None) -> ServedRevision:
         if known := self._known.get(revision.id):

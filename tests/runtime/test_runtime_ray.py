@@ -1,0 +1,123 @@
+"""The runtime conformance suite against the Ray Serve backend, on the session's private Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+import numpy as np
+import ray
+from conformance import PROBE_TEXTS, RuntimeConformance, embed_probe, tokenize, wait_ready
+from helpers import async_test, pid_alive
+
+from greenroom.config import Settings
+from greenroom.registry.weights import content_hash
+from greenroom.runtime.base import (
+    ReplicaState,
+    ReplicaStatus,
+    RevisionSpec,
+    RuntimeBackend,
+)
+from greenroom.runtime.ray import (
+    ACTOR_PREFIX,
+    SERVE_NAMESPACE,
+    RayRuntime,
+    ServeHandleClient,
+    Slot,
+    app_name,
+    assign,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
+
+
+def ray_runtime(data_dir: Path, onnx_cache_dir: Path) -> RayRuntime:
+    runtime = RayRuntime(
+        Settings(data_dir=data_dir, runtime="ray", replica_stop_grace_s=2.0),
+        poll_interval_s=0.2,
+        keep_applications=False,
+    )
+    runtime.onnx_cache_dir = onnx_cache_dir
+    return runtime
+
+
+class TestRayRuntimeConformance(RuntimeConformance):
+    @pytest.fixture(autouse=True)
+    def _dirs(self, tmp_path: Path, onnx_cache_dir: Path) -> None:
+        self.data_dir = tmp_path / "data"
+        self.onnx_cache_dir = onnx_cache_dir
+
+    async def make_backend(self) -> RuntimeBackend:
+        return ray_runtime(self.data_dir, self.onnx_cache_dir)
+
+    def crash_replica(self, replica: ReplicaStatus) -> None:
+        """Kill the Serve replica's actor, as a dying node would; Serve starts another."""
+        for name in ray.util.list_named_actors(all_namespaces=True):
+            actor = name["name"] if isinstance(name, dict) else name
+            if actor.startswith(f"{ACTOR_PREFIX}{app_name(replica.revision_id)}#"):
+                ray.kill(ray.get_actor(actor, namespace=SERVE_NAMESPACE), no_restart=True)
+                return
+        raise AssertionError(f"no Serve replica actor for {replica.replica_id}")
+
+    def replica_gone(self, replica: ReplicaStatus) -> bool:
+        return replica.pid is None or not pid_alive(replica.pid)
+
+
+@async_test
+async def test_serve_handle_transport_embeds_like_the_protocol(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    runtime = ray_runtime(tmp_path, onnx_cache_dir)
+    spec = RevisionSpec("rev-handle", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+    try:
+        await runtime.start_revision(spec)
+        (replica,) = await wait_ready(runtime, spec.revision_id, 1)
+        over_protocol = await embed_probe(replica, tiny_model_dir)
+        client = ServeHandleClient(spec.revision_id)
+        over_handle = await client.embed(*tokenize(tiny_model_dir, PROBE_TEXTS))
+        await client.close()
+        np.testing.assert_allclose(over_handle, over_protocol, atol=1e-6)
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_a_new_backend_adopts_running_applications(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    """What an external cluster gives a restarted `greenroom serve`: its revisions, as they run."""
+    spec = RevisionSpec("rev-adopted", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+    first = ray_runtime(tmp_path, onnx_cache_dir)
+    first.keep_applications = True
+    await first.start_revision(spec)
+    (before,) = await wait_ready(first, spec.revision_id, 1)
+    await first.close()
+    second = ray_runtime(tmp_path, onnx_cache_dir)
+    try:
+        await second.open()
+        assert second.revisions() == [spec.revision_id]
+        (after,) = await wait_ready(second, spec.revision_id, 1)
+        await second.start_revision(spec)  # the same spec: nothing restarts
+        assert (after.pid, after.port) == (before.pid, before.port)
+        assert [r.pid for r in second.ready_replicas(spec.revision_id)] == [before.pid]
+    finally:
+        await second.close()
+
+
+def test_slots_keep_their_ids_and_count_replacements() -> None:
+    slots = [Slot(ReplicaStatus(f"r-{i}", "r", ReplicaState.STARTING)) for i in range(2)]
+    endpoint = {"host": "127.0.0.1", "port": 1, "pid": 10}
+    assign(slots, {"a", "b"}, {"a": endpoint}, ("DEPLOYING", ""))
+    assert [s.status.state for s in slots] == [ReplicaState.READY, ReplicaState.STARTING]
+    assign(slots, {"b"}, {"b": {**endpoint, "port": 2}}, ("RUNNING", ""))
+    assert slots[0].status.state is ReplicaState.BACKOFF
+    assert slots[1].status.port == 2
+    assign(slots, {"b", "c"}, {"b": endpoint, "c": {**endpoint, "port": 3}}, ("RUNNING", ""))
+    assert slots[0].status.replica_id == "r-0"
+    assert (slots[0].status.port, slots[0].status.restarts) == (3, 1)
+    assert slots[1].status.restarts == 0
+    assign(slots, set(), {}, ("DEPLOY_FAILED", "constructor raised"))
+    assert {s.status.message for s in slots} == {"constructor raised"}

@@ -1,0 +1,234 @@
+"""Two `greenroom serve` and two `greenroom worker` processes on one PostgreSQL.
+
+API #1 runs the supervisor (it owns the local replica processes); API #2 runs with
+`GREENROOM_SUPERVISOR=false` and routes to the replicas API #1 reports to the store. Every
+change crosses processes through LISTEN/NOTIFY. A deploy asked of API #2 runs once, on one
+worker; both APIs serve it; after a second deploy both routers serve the new revision.
+
+Which revision a router serves is read from its report in `router_reports` (the report the
+rollout's drain waits on), not from the embeddings contract. The lag from the switch (the
+live-revision pointer's commit) to each router's first report of the new revision is printed
+(`pytest -s`) and quoted in the README; it is not asserted (no timed assertions).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from helpers import wait_until_sync
+from servers import ADMIN_TOKEN
+from sqlalchemy import select
+from test_e2e_rollout import call, data_dir_with_cache, embed, stop, wait_task
+
+from greenroom.db import Base, Store
+from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.tasks.models import Task
+
+TASKS = "/internal/inference-deployment"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def truncate(store: Store) -> None:
+    with store.session_scope() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+
+
+class Processes:
+    """The test's processes; every one is stopped at the end, whatever happened."""
+
+    def __init__(self, root: Path, database_url: str) -> None:
+        self.root = root
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "GREENROOM_DATABASE_URL": database_url,
+            "GREENROOM_ADMIN_TOKEN": ADMIN_TOKEN,
+            "GREENROOM_WORKER_ENABLED": "false",
+            "GREENROOM_DEFAULT_MODEL_ID": "",
+            "GREENROOM_DRAIN_GRACE_S": "5",
+        }
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        log = (self.root / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "greenroom.cli", *args],
+            env={**self.env, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        self.started.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            stop(process)
+
+
+@pytest.fixture
+def processes(tmp_path: Path, pg_database_url: str) -> Iterator[Processes]:
+    store = Store(pg_database_url)
+    truncate(store)
+    store.dispose()
+    running = Processes(tmp_path, pg_database_url)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+def wait_ready(base: str, process: subprocess.Popen) -> None:
+    def ready() -> bool:
+        assert process.poll() is None, f"the server at {base} exited"
+        try:
+            return httpx.get(base + "/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until_sync(ready, deadline_s=60, interval_s=0.1, what=f"{base} to be ready")
+
+
+class ReportWatcher:
+    """Polls `router_reports` and keeps, per router, its first report serving a revision."""
+
+    def __init__(self, store: Store, served_name: str) -> None:
+        self.store = store
+        self.served_name = served_name
+        self.first_seen: dict[tuple[str, str], datetime] = {}  # (router, revision) -> heartbeat
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with self.store.session_scope() as session:
+                for report in session.scalars(select(RouterReport)):
+                    revision = report.live.get(self.served_name)
+                    if revision:
+                        self.first_seen.setdefault(
+                            (report.router_id, revision), report.heartbeat_at
+                        )
+            self._stop.wait(0.01)
+
+    def routers_serving(self, revision_id: str) -> set[str]:
+        return {router for router, revision in dict(self.first_seen) if revision == revision_id}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_two_servers_two_workers_share_postgresql(
+    processes: Processes, pg_database_url: str, onnx_cache_dir: Path, tiny_model_dir: Path
+) -> None:
+    root = processes.root
+    ports = free_port(), free_port()
+    api_1, api_2 = (f"http://127.0.0.1:{port}" for port in ports)
+    server_1 = processes.start(
+        "api-1",
+        ["serve", "--port", str(ports[0]), "--data-dir",
+         str(data_dir_with_cache(root / "api-1", onnx_cache_dir))],
+    )  # fmt: skip
+    server_2 = processes.start(
+        "api-2",
+        ["serve", "--port", str(ports[1]), "--data-dir",
+         str(data_dir_with_cache(root / "api-2", onnx_cache_dir))],
+        GREENROOM_SUPERVISOR="false",
+    )  # fmt: skip
+    for index in (1, 2):
+        processes.start(f"worker-{index}", ["worker", "--data-dir", str(root / f"worker-{index}")])
+    wait_ready(api_1, server_1)
+    wait_ready(api_2, server_2)
+
+    # register through API #1, deploy through API #2
+    call("POST", f"{api_1}/v1/embedding-models", json={"id": "m", "source": str(tiny_model_dir)})
+    task = call("POST", f"{api_2}{TASKS}/deploy", json={"embedding_model_id": "m"})
+    first = wait_task(api_2, task["id"])
+    assert first["status"] == "done", first
+
+    store = Store(pg_database_url)
+    try:
+        with store.session_scope() as session:
+            row = session.get(Task, task["id"])
+            assert row is not None
+            assert row.attempts == 1  # claimed once: no second worker took it over
+        claimed = [
+            name
+            for name in ("worker-1", "worker-2")
+            if f"claimed task {task['id']}" in processes.log(name)
+        ]
+        assert len(claimed) == 1, claimed
+
+        # both APIs serve it: API #2 through the replicas API #1 reported to the store
+        vectors = [embed(api, "m") for api in (api_1, api_2)]
+        np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-5)
+
+        # a config change: both routers follow the switch
+        watcher = ReportWatcher(store, "m")
+        try:
+            task = call(
+                "POST",
+                f"{api_1}{TASKS}/deploy",
+                json={"embedding_model_id": "m", "config": {"max_batch_size": 8}},
+            )
+            second = wait_task(api_1, task["id"])
+            assert second["status"] == "done", second
+            green = second["metadata"]["revision_id"]
+            assert green != first["metadata"]["revision_id"]
+            wait_until_sync(
+                lambda: len(watcher.routers_serving(green)) == 2,
+                deadline_s=30,
+                what="both routers to report the new revision",
+            )
+        finally:
+            watcher.close()
+        steps = {step["name"]: step for step in second["metadata"]["steps"]}
+        assert steps["switch"]["message"] == "routers serve green", steps["switch"]
+        for api in (api_1, api_2):
+            np.testing.assert_allclose(embed(api, "m"), vectors[0], rtol=1e-5)
+        report_lag(store, watcher, green, steps["switch"])
+    finally:
+        store.dispose()
+
+
+def report_lag(
+    store: Store, watcher: ReportWatcher, green: str, switch_step: dict[str, Any]
+) -> None:
+    """Print how long after the pointer's commit each router first reported green."""
+    with store.session_scope() as session:
+        pointer = session.get(LiveRevision, "m")
+        assert pointer is not None and pointer.revision_id == green
+        switched_at = pointer.updated_at
+    lags = {
+        router: (heartbeat - switched_at).total_seconds() * 1000
+        for (router, revision), heartbeat in watcher.first_seen.items()
+        if revision == green
+    }
+    shown = ", ".join(f"{lag:.0f} ms" for lag in sorted(lags.values()))
+    print(
+        f"\nswitch → each router's first green report: {shown}; "
+        f"switch step (pointer commit → every router agrees, seen by the worker): "
+        f"{switch_step['duration_ms']} ms"
+    )
