@@ -1,6 +1,7 @@
 """Two `greenroom serve` and two `greenroom worker` processes on one PostgreSQL.
 
-API #1 runs the supervisor (it owns the local replica processes); API #2 runs with
+API #1 runs the supervisor (it owns the replicas: local processes, or Ray Serve applications on
+the session's Ray in the `ray` variant); API #2 runs with
 `GREENROOM_SUPERVISOR=false` and routes to the replicas API #1 reports to the store. Every
 change crosses processes through LISTEN/NOTIFY. A deploy asked of API #2 runs once, on one
 worker; both APIs serve it; after a second deploy both routers serve the new revision.
@@ -54,7 +55,7 @@ def truncate(store: Store) -> None:
 class Processes:
     """The test's processes; every one is stopped at the end, whatever happened."""
 
-    def __init__(self, root: Path, database_url: str) -> None:
+    def __init__(self, root: Path, database_url: str, runtime_env: dict[str, str]) -> None:
         self.root = root
         self.env = {
             **os.environ,
@@ -64,6 +65,7 @@ class Processes:
             "GREENROOM_WORKER_ENABLED": "false",
             "GREENROOM_DEFAULT_MODEL_ID": "",
             "GREENROOM_DRAIN_GRACE_S": "5",
+            **runtime_env,
         }
         self.started: list[subprocess.Popen] = []
 
@@ -87,12 +89,52 @@ class Processes:
             stop(process)
 
 
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def runtime_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that picks the runtime for every process: local replica processes, or
+    Ray Serve on the session's Ray (`RAY_ADDRESS`). Every Serve application the test created is
+    deleted at the end: API #1 keeps its applications on an external cluster when it stops."""
+    if request.param == "local":
+        yield {"GREENROOM_RUNTIME": "local"}
+        return
+    pytest.importorskip("ray")
+    request.getfixturevalue("ray_cluster")
+    import ray
+    from ray import serve
+
+    before = set(serve.status().applications)
+    try:
+        yield {
+            "GREENROOM_RUNTIME": "ray",
+            "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    finally:  # after `processes` stopped every process
+        delete_serve_applications(set(serve.status().applications) - before)
+
+
+def delete_serve_applications(names: set[str]) -> None:
+    from ray import serve
+    from ray.experimental import internal_kv
+
+    from greenroom.runtime.ray import KV_NAMESPACE
+
+    for name in names:
+        serve.delete(name, _blocking=True)
+        for key in internal_kv._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
+            internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+        internal_kv._internal_kv_del(f"spec/{name}", namespace=KV_NAMESPACE)
+
+
 @pytest.fixture
-def processes(tmp_path: Path, pg_database_url: str) -> Iterator[Processes]:
+def processes(
+    tmp_path: Path, pg_database_url: str, runtime_env: dict[str, str]
+) -> Iterator[Processes]:
     store = Store(pg_database_url)
     truncate(store)
     store.dispose()
-    running = Processes(tmp_path, pg_database_url)
+    running = Processes(tmp_path, pg_database_url, runtime_env)
     try:
         yield running
     finally:
@@ -140,8 +182,22 @@ class ReportWatcher:
         self._thread.join(5)
 
 
+def assert_runs_on(runtime_env: dict[str, str], revision_id: str) -> None:
+    """In the `ray` variant, the revision runs as a Serve application on the session's Ray."""
+    if runtime_env["GREENROOM_RUNTIME"] == "ray":
+        from ray import serve
+
+        from greenroom.runtime.ray import app_name
+
+        assert app_name(revision_id) in serve.status().applications
+
+
 def test_two_servers_two_workers_share_postgresql(
-    processes: Processes, pg_database_url: str, onnx_cache_dir: Path, tiny_model_dir: Path
+    processes: Processes,
+    runtime_env: dict[str, str],
+    pg_database_url: str,
+    onnx_cache_dir: Path,
+    tiny_model_dir: Path,
 ) -> None:
     root = processes.root
     ports = free_port(), free_port()
@@ -167,6 +223,7 @@ def test_two_servers_two_workers_share_postgresql(
     task = call("POST", f"{api_2}{TASKS}/deploy", json={"embedding_model_id": "m"})
     first = wait_task(api_2, task["id"])
     assert first["status"] == "done", first
+    assert_runs_on(runtime_env, first["metadata"]["revision_id"])
 
     store = Store(pg_database_url)
     try:
@@ -197,6 +254,7 @@ def test_two_servers_two_workers_share_postgresql(
             assert second["status"] == "done", second
             green = second["metadata"]["revision_id"]
             assert green != first["metadata"]["revision_id"]
+            assert_runs_on(runtime_env, green)
             wait_until_sync(
                 lambda: len(watcher.routers_serving(green)) == 2,
                 deadline_s=30,
