@@ -62,6 +62,7 @@ from serving import (
     log_problems,
     make_sentences,
     one_request,
+    print_problems,
     progress,
     read_ready_port,
     replica_command,
@@ -70,6 +71,7 @@ from serving import (
     running_server,
     server_env,
     stop_process_group,
+    verdict,
 )
 
 TASKS = "/internal/inference-deployment"
@@ -619,22 +621,6 @@ def print_bare(report: Report) -> None:
             f"  for comparison, start_green median {float(np.median(starts)):.2f} s (the same "
             "replica start, through the supervisor and the store)"
         )
-
-
-def print_problems(report: Report) -> None:
-    if not report.server_log_problems:
-        print("\nServer and replica logs: no warnings or errors during the run (shutdown included)")
-        return
-    print(
-        f"\nServer and replica logs: {len(report.server_log_problems)} warning/error lines during"
-        " the run (shutdown included)"
-    )
-    for line in report.server_log_problems[:20]:
-        print(f"  {line}")
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def print_summary(report: Report) -> None:
