@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +34,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tokens_app, name="tokens")
 console = Console()
 errors = Console(stderr=True)
+T = TypeVar("T")
 WORKER_STOP_GRACE_S = 5.0  # a stopping worker lets running tasks end this long, then hands over
 
 DataDir = Annotated[
@@ -202,6 +204,14 @@ def _client(server: str) -> GreenroomClient:
     return GreenroomClient(server, default_token())
 
 
+def _call(action: Callable[[], T]) -> T:
+    """Run a client call; a refusal or an unreachable server ends the command with its reason."""
+    try:
+        return action()
+    except ClientError as exc:
+        raise _fail(exc) from None
+
+
 def _fail(exc: ClientError) -> typer.Exit:
     errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(1)
@@ -217,10 +227,7 @@ def models_register(
     server: Server = DEFAULT_URL,
 ) -> None:
     """Register a model: the server checks that it loads and records what it produces."""
-    try:
-        model = _client(server).register_model(model_id, source, description)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    model = _call(lambda: _client(server).register_model(model_id, source, description))
     console.print(
         f"registered [bold]{model['id']}[/bold]: dimension {model['dimension']}, "
         f"hash {model['content_hash'][:12]}"
@@ -230,10 +237,7 @@ def models_register(
 @models_app.command("list")
 def models_list(server: Server = DEFAULT_URL) -> None:
     """List registered models."""
-    try:
-        models = _client(server).models()
-    except ClientError as exc:
-        raise _fail(exc) from None
+    models = _call(lambda: _client(server).models())
     table = Table("id", "dimension", "max length", "hash", "source")
     for model in models:
         table.add_row(
@@ -264,10 +268,7 @@ def tokens_create(
 ) -> None:
     """Create a token; prints only the token on standard output (it is shown only now)."""
     scopes = list(dict.fromkeys(str(s) for s in scope))
-    try:
-        token = _client(server).create_token(name or "-".join(scopes), scopes)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    token = _call(lambda: _client(server).create_token(name or "-".join(scopes), scopes))
     print(token["token"])
     errors.print(
         f"created token {token['id']} '{token['name']}' with scopes {', '.join(token['scopes'])}; "
@@ -278,10 +279,7 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(server: Server = DEFAULT_URL) -> None:
     """List tokens (never their values), revoked ones included."""
-    try:
-        tokens = _client(server).tokens()
-    except ClientError as exc:
-        raise _fail(exc) from None
+    tokens = _call(lambda: _client(server).tokens())
     table = Table("name", "scopes", "created", "last used", "revoked")
     table.columns.insert(0, Column("id", no_wrap=True))
     for token in tokens:
@@ -302,10 +300,7 @@ def tokens_revoke(
     server: Server = DEFAULT_URL,
 ) -> None:
     """Revoke a token: requests with it get 401 from then on."""
-    try:
-        _client(server).revoke_token(token_id)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    _call(lambda: _client(server).revoke_token(token_id))
     errors.print(f"revoked {token_id}")
 
 
@@ -339,10 +334,9 @@ def deploy(
 ) -> None:
     """Deploy the model's latest config as a green rollout; prints the task id."""
     client = _client(server)
-    try:
-        task = client.deploy(model, _parse_sets(set_ or []), allow_embedding_space_change)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    task = _call(
+        lambda: client.deploy(model, _parse_sets(set_ or []), allow_embedding_space_change)
+    )
     _after_submit(client, task, wait)
 
 
@@ -362,10 +356,7 @@ def rollback(
 ) -> None:
     """Bring back an earlier revision's snapshot as a new revision, through a green rollout."""
     client = _client(server)
-    try:
-        task = client.rollback(model, revision, allow_embedding_space_change)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    task = _call(lambda: client.rollback(model, revision, allow_embedding_space_change))
     _after_submit(client, task, wait)
 
 
@@ -378,10 +369,7 @@ def delete(
 ) -> None:
     """Drain and withdraw a model; requests for it then get 404."""
     client = _client(server)
-    try:
-        task = client.delete(model, reason)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    task = _call(lambda: client.delete(model, reason))
     _after_submit(client, task, wait)
 
 
@@ -391,10 +379,7 @@ def cancel(
     server: Server = DEFAULT_URL,
 ) -> None:
     """Cancel a pending task."""
-    try:
-        task = _client(server).cancel(task_id)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    task = _call(lambda: _client(server).cancel(task_id))
     console.print(f"{task['id']} is {task['status']}")
 
 
@@ -405,10 +390,7 @@ def tasks(
     server: Server = DEFAULT_URL,
 ) -> None:
     """List recent tasks, newest first."""
-    try:
-        rows = _client(server).tasks(model, limit)
-    except ClientError as exc:
-        raise _fail(exc) from None
+    rows = _call(lambda: _client(server).tasks(model, limit))
     table = Table("model", "status", "created", "detail")
     table.columns.insert(0, Column("id", no_wrap=True))  # ids are what people copy
     for task in rows:
@@ -467,10 +449,7 @@ def follow(client: GreenroomClient, task_id: str, interval_s: float = 0.3) -> di
     """Show the task's steps live until it ends; returns the final task."""
     with Live(console=errors, refresh_per_second=8, transient=False) as live:
         while True:
-            try:
-                task = client.task(task_id)
-            except ClientError as exc:
-                raise _fail(exc) from None
+            task = _call(lambda: client.task(task_id))
             live.update(_steps_table(task))
             if task["status"] in ("done", "failed", "canceled", "refused"):
                 return task
