@@ -35,6 +35,7 @@ from greenroom.rollout.runner import TaskRunner
 from greenroom.runtime.base import RuntimeBackend
 from greenroom.runtime.local import LocalRuntime
 from greenroom.runtime.reconcile import Reconciler
+from greenroom.runtime.targets import RuntimeTargets
 from greenroom.serving import views as serving_views
 from greenroom.serving.replicas import StoreReplicas
 from greenroom.serving.router import Router
@@ -62,7 +63,12 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         bridge = PostgresBridge(store.url, signals) if store.is_postgres else None
         if bridge is not None:
             await bridge.start()  # other processes' changes wake this one (LISTEN/NOTIFY)
-        backend = runtime or make_runtime(settings)
+        default = runtime or make_runtime(settings, settings.runtime)
+        # a revision runs on the backend its target names; the other one starts on first use
+        other = "ray" if settings.runtime == "local" else "local"
+        backend = RuntimeTargets(
+            settings.runtime, default, {other: lambda: make_runtime(settings, other)}
+        )
         if settings.supervisor:  # Ray: connect (or start a private Ray), adopt running apps
             await backend.open()
         # the router follows the runtime where this process supervises replicas, else the
@@ -78,7 +84,8 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
             signals,
             metrics,
         )
-        state.runtime, state.router, state.startup = backend, router, StartupState()
+        state.runtime, state.runtimes = default, backend
+        state.router, state.startup = router, StartupState()
         state.authenticator = Authenticator(store)
         loops: list[asyncio.Task[None]] = []
 
@@ -86,9 +93,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
             loops.append(asyncio.create_task(coroutine, name=name))
 
         if settings.supervisor:
-            reconciler = Reconciler(
-                store, backend, signals, target=settings.runtime, lost_after_s=settings.lost_after_s
-            )
+            reconciler = Reconciler(store, backend, signals, lost_after_s=settings.lost_after_s)
             start(reconciler.run(), "reconcile")
         start(sync.run(), "router sync")
         worker = None
@@ -147,9 +152,9 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
     return app
 
 
-def make_runtime(settings: Settings) -> RuntimeBackend:
-    """The server's runtime backend: `local` processes, or Ray Serve (the `ray` extra)."""
-    if settings.runtime == "ray":
+def make_runtime(settings: Settings, target: str) -> RuntimeBackend:
+    """The runtime backend of a target: `local` processes, or Ray Serve (the `ray` extra)."""
+    if target == "ray":
         from greenroom.runtime.ray import RayRuntime
 
         return RayRuntime(settings)

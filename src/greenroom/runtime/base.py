@@ -39,6 +39,7 @@ class RevisionSpec:
     threads: int = 1
     gpu: int = 0
     environment: dict[str, str] = field(default_factory=dict)
+    runtime: str = "local"  # the runtime target (`local`, `ray`) that runs it
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def revision_spec(revision: Revision) -> RevisionSpec:
         threads=config.get("threads") or default_threads(),
         gpu=config.get("gpu", 0),
         environment=dict(config.get("additional_envs") or {}),
+        runtime=revision.runtime,
     )
 
 
@@ -76,7 +77,8 @@ class Reconciler:
         self._down_since: dict[str, datetime] = {}  # live revisions with no ready replica
         self.store = store
         self.runtime = runtime
-        self.target = target or runtime.name  # the runtime target (`local`, `ray`) it serves
+        # the runtime targets (`local`, `ray`) whose revisions it reconciles
+        self.targets = {target} if target else set(getattr(runtime, "targets", {runtime.name}))
         self.signals = signals
         self._dirty: set[str] = set()
         self._report_now = asyncio.Event()
@@ -110,7 +112,7 @@ class Reconciler:
         with self.store.session_scope() as session:
             revisions = session.scalars(
                 select(Revision).where(
-                    Revision.desired_replicas > 0, Revision.runtime == self.target
+                    Revision.desired_replicas > 0, Revision.runtime.in_(self.targets)
                 )
             ).all()
             return [revision_spec(r) for r in revisions]
