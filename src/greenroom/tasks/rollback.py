@@ -19,7 +19,7 @@ from greenroom.registry.weights import content_hash
 from greenroom.serving.models import LiveRevision
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
-from greenroom.tasks.schemas import ServedName
+from greenroom.tasks.schemas import ServedName, TaskKind
 from greenroom.tasks.states import TaskStatus, transition
 from greenroom.workloads.models import Revision
 
@@ -51,7 +51,9 @@ def create_rollback_task(
         "allow_embedding_space_change": request.allow_embedding_space_change,
     }
     body = {"embedding_model_id": name, "rollback_of": target.id}
-    task = tasks_service.new_deploy_task(db_session, name=name, body=body, metadata=metadata)
+    task = tasks_service.new_task(
+        db_session, kind=TaskKind.DEPLOY, name=name, body=body, metadata=metadata
+    )
     if reason := weights_changed(target):
         transition(task, TaskStatus.REFUSED, reason=reason)
     return task

@@ -189,25 +189,25 @@ def queue_deploy(
     )
     metadata["deployment_revision_id"] = deployment_revision_id
     body = {"embedding_model_id": name, "deployment_revision_id": deployment_revision_id}
-    return new_deploy_task(db_session, name=name, body=body, metadata=metadata)
+    return new_task(db_session, kind=TaskKind.DEPLOY, name=name, body=body, metadata=metadata)
 
 
-def new_deploy_task(
-    db_session: Session, *, name: str, body: dict[str, Any], metadata: dict[str, Any]
+def new_task(
+    db_session: Session,
+    *,
+    kind: TaskKind,
+    name: str,
+    body: dict[str, Any],
+    metadata: dict[str, Any],
 ) -> Task:
-    """A pending deploy task of a served name, with a new id, stored like every task."""
+    """A pending task of a served name, with a new id, stored like every task."""
 
     def build() -> Task:
         return _new_task(
-            db_session,
-            kind=TaskKind.DEPLOY,
-            task_id=None,
-            name=name,
-            body=body,
-            metadata=metadata,
+            db_session, kind=kind, task_id=None, name=name, body=body, metadata=metadata
         )
 
-    return _store(db_session, build, kind=TaskKind.DEPLOY, task_id=None, body=body)
+    return _store(db_session, build, kind=kind, task_id=None, body=body)
 
 
 def queue_delete(
@@ -229,18 +229,7 @@ def queue_delete(
     }
     if deployment_revision_id is not None:
         metadata["deployment_revision_id"] = deployment_revision_id
-
-    def build() -> Task:
-        return _new_task(
-            db_session,
-            kind=TaskKind.DELETE,
-            task_id=None,
-            name=name,
-            body=body,
-            metadata=metadata,
-        )
-
-    return _store(db_session, build, kind=TaskKind.DELETE, task_id=None, body=body)
+    return new_task(db_session, kind=TaskKind.DELETE, name=name, body=body, metadata=metadata)
 
 
 def deploy_metadata(
