@@ -104,9 +104,7 @@ def test_revisions_list_oldest_first_and_filter_deleted(
         live = service.list_revisions(
             session, workload_id=workload_id, deleted=False, settings=SETTINGS
         )
-        count = service.count_revisions(
-            session, workload_id=workload_id, deleted=True, settings=SETTINGS
-        )
+        count = service.count_revisions(session, workload_id=workload_id, deleted=True)
     assert [r.id for r in every] == [old, new]
     assert [r.id for r in deleted] == [old] and count == 1
     assert [r.id for r in live] == [new]

@@ -244,8 +244,8 @@ class Router:
         route = self._routes[revision_id]
         replicas = {r.replica_id: r for r in self.replica_source.replicas(revision_id)}
         ready = {rid: r for rid, r in replicas.items() if r.endpoint is not None}
-        not_ready = {r.endpoint for r in replicas.values()}
-        route.broken &= {e for e in not_ready if e is not None}  # a restart clears the mark
+        reported = {r.endpoint for r in replicas.values() if r.endpoint is not None}
+        route.broken &= reported  # a broken endpoint no longer reported ready (restart) is cleared
         stale = [key for key in route.workers if key not in self._worker_keys(ready)]
         if stale:
             asyncio.get_running_loop().create_task(self._stop_workers(route, stale))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
@@ -74,22 +74,25 @@ def _actual_phase(db_session: Session, name: str, live: LiveRevision | None) -> 
 def list_revisions(
     db_session: Session, *, workload_id: str, deleted: bool | None, settings: Settings
 ) -> list[RevisionRead]:
+    query = _revisions_query(db_session, workload_id=workload_id, deleted=deleted)
+    revisions = db_session.scalars(query.order_by(Revision.created_at, Revision.id)).all()
+    return [to_read(db_session, r, settings) for r in revisions]
+
+
+def count_revisions(db_session: Session, *, workload_id: str, deleted: bool | None) -> int:
+    query = _revisions_query(db_session, workload_id=workload_id, deleted=deleted)
+    return db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+def _revisions_query(db_session: Session, *, workload_id: str, deleted: bool | None) -> Select:
+    """The workload's revisions, only deleted ones or only live ones when `deleted` says so."""
     workload_id = parse_id(workload_id)
     _require_workload(db_session, workload_id)
     query = select(Revision).where(Revision.deployment_id == workload_id)
     if deleted is not None:
         column = Revision.deleted_at
         query = query.where(column.is_not(None) if deleted else column.is_(None))
-    revisions = db_session.scalars(query.order_by(Revision.created_at, Revision.id)).all()
-    return [to_read(db_session, r, settings) for r in revisions]
-
-
-def count_revisions(
-    db_session: Session, *, workload_id: str, deleted: bool | None, settings: Settings
-) -> int:
-    return len(
-        list_revisions(db_session, workload_id=workload_id, deleted=deleted, settings=settings)
-    )
+    return query
 
 
 def get_revision_or_raise(

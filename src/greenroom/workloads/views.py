@@ -43,9 +43,7 @@ def list_revisions(
 
 @api_router.get("/{workload_id}/revisions/count", response_model=RevisionCount)
 def count_revisions(
-    workload_id: str, db_session: DbSession, request: Request, deleted: bool | None = None
+    workload_id: str, db_session: DbSession, deleted: bool | None = None
 ) -> RevisionCount:
-    count = workloads_service.count_revisions(
-        db_session, workload_id=workload_id, deleted=deleted, settings=_settings(request)
-    )
+    count = workloads_service.count_revisions(db_session, workload_id=workload_id, deleted=deleted)
     return RevisionCount(count=count)
