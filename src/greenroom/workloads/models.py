@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,10 @@ from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from greenroom.db import Base, utcnow
+
+
+def new_replica_secret() -> str:
+    return secrets.token_hex(32)
 
 
 class Revision(Base):
@@ -37,6 +42,9 @@ class Revision(Base):
     reported_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+    # Authenticates every connection to the revision's replicas (the replica protocol); never
+    # shown by any API, never in argv or a replica's environment.
+    replica_secret: Mapped[str] = mapped_column(String(64), default=new_replica_secret)
 
     def snapshot(self) -> dict[str, Any]:
         """What makes two revisions the same deployment: weights and serving settings."""
