@@ -88,6 +88,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = 8 * 1024 * 1024
     max_input_items: int = 2048
 
+    # Security (issue 9). Runtime targets a deployment config may name besides `runtime` (the
+    # server's default is always enabled): comma-separated, e.g. `ray`.
+    extra_runtimes: str = ""
+    # Names added to the allow-list of `additional_envs` (runtime/environment.py).
+    extra_env_names: str = ""
+
+    def enabled_runtimes(self) -> frozenset[str]:
+        extra = {name.strip() for name in self.extra_runtimes.split(",") if name.strip()}
+        return frozenset({self.runtime, *extra})
+
+    def allowed_env_names(self) -> frozenset[str]:
+        from greenroom.runtime.environment import allowed_env_names, parse_env_names
+
+        return allowed_env_names(parse_env_names(self.extra_env_names))
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 
