@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import socket
 import statistics
 import struct
@@ -89,7 +90,13 @@ async def main(args: argparse.Namespace) -> None:
     runtime = RayRuntime(settings, keep_applications=False)
     try:
         await runtime.open()
-        spec = RevisionSpec("bench", model, content_hash(model), threads=os.cpu_count() or 1)
+        spec = RevisionSpec(
+            "bench",
+            model,
+            content_hash(model),
+            threads=os.cpu_count() or 1,
+            secret=secrets.token_hex(32),
+        )
         await runtime.start_revision(spec)
         while not runtime.ready_replicas("bench"):
             await asyncio.sleep(0.2)
@@ -104,7 +111,7 @@ async def main(args: argparse.Namespace) -> None:
         reply = struct.Struct("<BII")
 
         def protocol_embed() -> Embed:
-            return ReplicaClient(*replica.endpoint).embed  # type: ignore[misc]
+            return ReplicaClient(*replica.endpoint, spec.secret).embed  # type: ignore[misc]
 
         def handle_embed() -> Embed:
             return handle.embed
@@ -112,7 +119,11 @@ async def main(args: argparse.Namespace) -> None:
         def http_embed() -> Embed:
             async def embed(lengths: np.ndarray, flat_ids: np.ndarray) -> np.ndarray:
                 body = protocol.encode_embed(lengths, flat_ids)[4:]
-                response = await http.post(f"/{app_name('bench')}", content=body)
+                response = await http.post(
+                    f"/{app_name('bench')}",
+                    content=body,
+                    headers={"authorization": f"Bearer {spec.secret}"},
+                )
                 response.raise_for_status()
                 dim = int(response.headers["x-dimension"])
                 return np.frombuffer(response.content, dtype="<f4").reshape(-1, dim)

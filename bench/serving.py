@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import queue
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -691,8 +692,11 @@ def replica_command(model: ModelRef, cache_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def own_replica(model: ModelRef, cache_dir: Path, log_path: Path) -> Iterator[int]:
-    """A replica process started like the supervisor starts one; yields its port."""
+def own_replica(model: ModelRef, cache_dir: Path, log_path: Path, secret: str) -> Iterator[int]:
+    """A replica process started like the supervisor starts one (`secret` as the first line of
+    its standard input); yields its port."""
+    from greenroom.runtime.environment import replica_environment
+
     command = replica_command(model, cache_dir)
     progress("starting a replica of our own for the direct measurement")
     with log_path.open("ab") as log:
@@ -700,10 +704,13 @@ def own_replica(model: ModelRef, cache_dir: Path, log_path: Path) -> Iterator[in
             command,
             stdout=subprocess.PIPE,
             stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=server_env("local"),
+            stdin=subprocess.PIPE,
+            env=replica_environment({}, frozenset(), threads=model.threads),
             start_new_session=True,
         )
+    assert process.stdin is not None
+    process.stdin.write(secret.encode() + b"\n")
+    process.stdin.close()
     try:
         yield read_ready_port(process, log_path)
     finally:
@@ -738,12 +745,14 @@ def read_ready_port(process: subprocess.Popen[bytes], log_path: Path) -> int:
     raise BenchError(f"Our replica was not ready in time.\n{log_tail([log_path])}")
 
 
-async def direct_latency(port: int, token_ids: list[np.ndarray], duration_s: float) -> DirectResult:
+async def direct_latency(
+    port: int, secret: str, token_ids: list[np.ndarray], duration_s: float
+) -> DirectResult:
     """Single-sentence embeds at concurrency 1 through ReplicaClient, pre-tokenised."""
     from greenroom.runtime.protocol import ReplicaClient
 
     calls = [(np.array([len(ids)], dtype=np.int64), ids) for ids in token_ids]
-    client = ReplicaClient(HOST, port)
+    client = ReplicaClient(HOST, port, secret)
     latencies: list[float] = []
     try:
         warm_end = time.perf_counter() + WARMUP_S
@@ -846,9 +855,10 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
                 report.scenarios[name] = run_scenario(pool, server, specs[name])
             report.http_floor = run_scenario(pool, server, specs["floor"])
             replica_log = logs_dir / "bench-own-replica.log"
-            with own_replica(model, cache_dir, replica_log) as port:
+            secret = secrets.token_hex(32)
+            with own_replica(model, cache_dir, replica_log, secret) as port:
                 progress(f"direct replica latency: {WARMUP_S:.0f} s warm-up + {args.duration} s")
-                report.direct = asyncio.run(direct_latency(port, token_ids, args.duration))
+                report.direct = asyncio.run(direct_latency(port, secret, token_ids, args.duration))
         report.server_log_problems = log_problems(logs_dir, offsets)  # shutdown included
     return report
 

@@ -172,17 +172,23 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A private local Ray (and Serve) shared by every Ray test of the session, stopped at its end.
 
     RayRuntime instances attach to it (not owning it) and delete their applications on close.
+    It is started as greenroom starts its own: loopback only, token authentication on (the
+    token's file is in `RAY_AUTH_TOKEN_PATH` of this process from then on).
     """
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from greenroom.runtime.ray import start_private_ray, start_serve
+    from greenroom.runtime.ray import RAY_TOKEN_FILE, start_private_ray, start_serve
 
-    temp_dir = start_private_ray(num_cpus=2, temp_dir=Path(f"/tmp/gr-ray-test-{os.getpid()}"))
+    temp_dir = start_private_ray(
+        tmp_path_factory.mktemp("ray") / RAY_TOKEN_FILE,
+        num_cpus=2,
+        temp_dir=Path(f"/tmp/gr-ray-test-{os.getpid()}"),
+    )
     start_serve(None)
     try:
         yield

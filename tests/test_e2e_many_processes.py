@@ -107,7 +107,9 @@ def runtime_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         yield {
             "GREENROOM_RUNTIME": "ray",
             "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-            "RAY_AUTH_MODE": "disabled",
+            # the session's Ray is greenroom's private one: token auth on, loopback only
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"],
             "RAY_USAGE_STATS_ENABLED": "0",
         }
     finally:  # after `processes` stopped every process

@@ -47,7 +47,11 @@ def test_a_config_with_runtime_ray_runs_on_ray_beside_local_models(
     data_dir.mkdir()
     (data_dir / "onnx").symlink_to(onnx_cache_dir)
     settings = Settings(
-        data_dir=data_dir, default_model_id="", admin_token=ADMIN_TOKEN, drain_grace_s=5
+        data_dir=data_dir,
+        default_model_id="",
+        admin_token=ADMIN_TOKEN,
+        drain_grace_s=5,
+        extra_runtimes="ray",
     )
     app = create_app(settings)
     with running_server(app) as base:

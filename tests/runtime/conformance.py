@@ -2,13 +2,15 @@
 
 Every backend runs it unchanged: subclass `RuntimeConformance` as `Test<Backend>Conformance` and
 implement `make_backend`. The suite starts revisions of the tiny test models, talks to their
-replicas through `ReplicaClient`, crashes replicas and stops revisions. Override `crash_replica`
+replicas through `ReplicaClient` (with each revision's secret), crashes replicas and stops
+revisions. Override `crash_replica`
 and `replica_gone` where a backend's replicas are not plain local processes.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -53,6 +55,7 @@ class RuntimeConformance(ABC):
             content_hash=content_hash(path),
             replicas=replicas,
             threads=1,
+            secret=secrets.token_hex(32),
         )
 
     def crash_replica(self, replica: ReplicaStatus) -> None:
@@ -81,7 +84,7 @@ class RuntimeConformance(ABC):
             assert {r.revision_id for r in ready} == {spec.revision_id}
             assert len({r.replica_id for r in ready}) == 2
             assert len({r.endpoint for r in ready}) == 2
-            vectors = [await embed_probe(replica, spec.model_path) for replica in ready]
+            vectors = [await embed_probe(replica, spec) for replica in ready]
         for replica_vectors in vectors:
             assert_unit_vectors(replica_vectors, inspect_model(spec.model_path).dimension)
         np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
@@ -119,8 +122,8 @@ class RuntimeConformance(ABC):
             (green_replica,) = await wait_ready(backend, green.revision_id, 1)
             assert sorted(backend.revisions()) == ["rev-blue", "rev-green"]
             assert blue_replica.endpoint != green_replica.endpoint
-            blue_vectors = await embed_probe(blue_replica, blue.model_path)
-            green_vectors = await embed_probe(green_replica, green.model_path)
+            blue_vectors = await embed_probe(blue_replica, blue)
+            green_vectors = await embed_probe(green_replica, green)
         assert (blue_vectors * green_vectors).sum(axis=1).mean() < 0.9  # each serves its model
 
     @async_test
@@ -140,7 +143,7 @@ class RuntimeConformance(ABC):
                 what="the stopped replicas' processes to exit",
             )
             (green_replica,) = backend.ready_replicas(green.revision_id)
-            assert_unit_vectors(await embed_probe(green_replica, green.model_path), None)
+            assert_unit_vectors(await embed_probe(green_replica, green), None)
 
     @async_test
     async def test_crashed_replica_is_restarted(self) -> None:
@@ -159,7 +162,7 @@ class RuntimeConformance(ABC):
             assert replica.replica_id == crashed.replica_id
             assert replica.restarts > crashed.restarts
             assert self.replica_gone(crashed)
-            assert_unit_vectors(await embed_probe(replica, spec.model_path), None)
+            assert_unit_vectors(await embed_probe(replica, spec), None)
 
     @async_test
     async def test_listeners_hear_of_every_change(self) -> None:
@@ -219,11 +222,12 @@ def tokenize(model_dir: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]
     return lengths, np.concatenate([np.array(e.ids, dtype=np.int64) for e in encodings])
 
 
-async def embed_probe(replica: ReplicaStatus, model_dir: Path) -> np.ndarray:
+async def embed_probe(replica: ReplicaStatus, spec: RevisionSpec) -> np.ndarray:
+    """The probe texts embedded by one replica, over the protocol with the revision's secret."""
     assert replica.endpoint is not None
-    client = ReplicaClient(*replica.endpoint)
+    client = ReplicaClient(*replica.endpoint, spec.secret)
     try:
-        return await client.embed(*tokenize(model_dir, PROBE_TEXTS))
+        return await client.embed(*tokenize(spec.model_path, PROBE_TEXTS))
     finally:
         await client.close()
 

@@ -23,7 +23,9 @@ REVISION_ID = "rev-parent-death"
 async def main(model_dir: Path, data_dir: Path, onnx_cache_dir: Path) -> None:
     runtime = LocalRuntime(Settings(data_dir=data_dir, replica_backoff_initial_s=0.1))
     runtime.onnx_cache_dir = onnx_cache_dir
-    spec = RevisionSpec(REVISION_ID, model_dir, content_hash(model_dir), threads=1)
+    spec = RevisionSpec(
+        REVISION_ID, model_dir, content_hash(model_dir), threads=1, secret="5e" * 32
+    )
     await runtime.start_revision(spec)
     while not (ready := runtime.ready_replicas(REVISION_ID)):
         await asyncio.sleep(0.05)

@@ -19,6 +19,7 @@ from greenroom.runtime.local import LocalRuntime
 
 LOCAL_PARENT = Path(__file__).with_name("local_parent.py")
 PARENT_DEATH_DEADLINE_S = 30.0
+SECRET = "5e" * 32
 
 
 def local_runtime(data_dir: Path, onnx_cache_dir: Path) -> LocalRuntime:
@@ -60,7 +61,9 @@ async def test_replica_writes_its_log_file(
 ) -> None:
     runtime = local_runtime(tmp_path, onnx_cache_dir)
     try:
-        spec = RevisionSpec("rev-log", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+        spec = RevisionSpec(
+            "rev-log", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+        )
         await runtime.start_revision(spec)
         (replica,) = await wait_ready(runtime, "rev-log", 1)
         assert (runtime.log_dir / f"replica-{replica.replica_id}.log").is_file()
@@ -75,7 +78,9 @@ async def test_replica_that_cannot_start_backs_off_and_says_why(
     missing = tmp_path / "no-such-model"
     runtime = local_runtime(tmp_path, onnx_cache_dir)
     try:
-        await runtime.start_revision(RevisionSpec("rev-bad", missing, "0", threads=1))
+        await runtime.start_revision(
+            RevisionSpec("rev-bad", missing, "0", threads=1, secret=SECRET)
+        )
 
         def backed_off() -> bool:
             (replica,) = runtime.replicas("rev-bad")
@@ -86,7 +91,7 @@ async def test_replica_that_cannot_start_backs_off_and_says_why(
         assert replica.restarts >= 1
         assert replica.endpoint is None
         assert "while starting" in replica.message
-        assert str(missing / "config.json") in replica.message  # the reason, not only "exited"
+        assert "config.json cannot be read" in replica.message  # the reason, not only "exited"
         log_file = runtime.log_dir / f"replica-{replica.replica_id}.log"
         assert "ModelSourceError" in log_file.read_text()
     finally:

@@ -20,6 +20,7 @@ from greenroom.runtime.protocol import (
 from greenroom.runtime.replica import ReplicaServer
 
 LOOPBACK = "127.0.0.1"
+SECRET = "5e" * 32
 
 
 def batch(*sequences: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +39,7 @@ def unframe(data: bytes) -> bytes:
 @asynccontextmanager
 async def replica_server(engine: HashEngine) -> AsyncIterator[tuple[ReplicaServer, int]]:
     """A ReplicaServer on loopback, port picked by the OS; stopped on exit."""
-    replica = ReplicaServer(engine)
+    replica = ReplicaServer(engine, SECRET)
     server = await asyncio.start_server(replica.handle, LOOPBACK, 0)
     try:
         yield replica, server.sockets[0].getsockname()[1]
@@ -49,8 +50,8 @@ async def replica_server(engine: HashEngine) -> AsyncIterator[tuple[ReplicaServe
 
 
 @asynccontextmanager
-async def client_for(port: int) -> AsyncIterator[ReplicaClient]:
-    client = ReplicaClient(LOOPBACK, port)
+async def client_for(port: int, secret: str = SECRET) -> AsyncIterator[ReplicaClient]:
+    client = ReplicaClient(LOOPBACK, port, secret)
     try:
         yield client
     finally:
@@ -73,7 +74,7 @@ def test_embed_request_starts_with_the_op() -> None:
 
 def test_decode_refuses_lengths_that_do_not_match_the_ids() -> None:
     payload = unframe(protocol.encode_embed(np.array([3]), np.array([1, 2], dtype=np.int64)))
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="do not match"):
         protocol.decode_embed(payload)
 
 
@@ -101,7 +102,7 @@ def test_error_frame() -> None:
 @async_test
 async def test_client_embeds_through_a_replica_server() -> None:
     engine = HashEngine()
-    sequences = [[101, 2023, 102], [101, 102], [101, 7, 8, 9, 10, 102]]
+    sequences = [[101, 223, 102], [101, 102], [101, 7, 8, 9, 10, 102]]
     async with replica_server(engine) as (_, port), client_for(port) as client:
         vectors = await client.embed(*batch(*sequences))
     assert vectors.shape == (3, HASH_ENGINE_DIMENSION)
@@ -139,19 +140,117 @@ async def test_health_and_info() -> None:
     assert info == {"dimension": HASH_ENGINE_DIMENSION, "pid": os.getpid(), "engine": "hash"}
 
 
+class FailingEngine(HashEngine):
+    """Raises with internals in the message, as ONNX Runtime does on bad input."""
+
+    def _pool(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if (input_ids == 13).any():
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Gather idx 13 /x/y.cc")
+        return super()._pool(input_ids, attention_mask)
+
+
 @async_test
-async def test_engine_error_becomes_a_reply_error_and_the_replica_keeps_serving() -> None:
-    async with replica_server(HashEngine()) as (_, port), client_for(port) as client:
-        with pytest.raises(ReplicaReplyError, match="ValueError: negative token id"):
-            await client.embed(*batch([1, -5, 2]))
+async def test_engine_error_becomes_one_neutral_sentence_and_the_replica_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with replica_server(FailingEngine()) as (_, port), client_for(port) as client:
+        with pytest.raises(ReplicaReplyError) as refused:
+            await client.embed(*batch([1, 13, 2]))
         vectors = await client.embed(*batch([1, 5, 2]))
+    assert str(refused.value) == "The replica could not embed this batch."
+    assert "INVALID_ARGUMENT" in caplog.text  # the details are in the replica's log
     assert vectors.shape == (1, HASH_ENGINE_DIMENSION)
+
+
+@pytest.mark.parametrize(
+    ("sequences", "sentence"),
+    [
+        ([[1, -5, 2]], "Token ids must lie in [0, 1000) for this model."),
+        ([[1, 1000]], "Token ids must lie in [0, 1000) for this model."),
+        ([list(range(1, 130))], "An input may hold at most 128 token ids for this model."),
+        ([[1]] * 17, "A batch may hold at most 16 inputs."),
+    ],
+)
+@async_test
+async def test_a_batch_outside_the_limits_is_refused_with_one_sentence(
+    sequences: list[list[int]], sentence: str
+) -> None:
+    engine = HashEngine()  # vocabulary 1000, max sequence length 128
+    async with replica_server(engine) as (replica, port), client_for(port) as client:
+        replica.limits = protocol.Limits.for_batches(1, 128, 1000)  # at least 16 inputs
+        with pytest.raises(ReplicaReplyError) as refused:
+            await client.embed(*batch(*sequences))
+        vectors = await client.embed(*batch([1, 5, 2]))
+    assert str(refused.value) == sentence
+    np.testing.assert_allclose(vectors[0], engine.expected([1, 5, 2]), rtol=1e-6)
+
+
+@async_test
+async def test_a_client_with_another_secret_gets_no_answer() -> None:
+    async with replica_server(HashEngine()) as (_, port), client_for(port, "0" * 64) as client:
+        with pytest.raises(ReplicaConnectionError, match="handshake"):
+            await client.embed(*batch([1, 2, 3]))
+
+
+@async_test
+async def test_a_client_refuses_a_peer_that_does_not_know_the_secret() -> None:
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Plays the handshake without the secret: its proof cannot be right."""
+        writer.write(os.urandom(protocol.NONCE_BYTES))
+        await reader.readexactly(protocol.NONCE_BYTES + protocol.MAC_BYTES)
+        writer.write(os.urandom(protocol.MAC_BYTES))
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(impostor, LOOPBACK, 0)
+    try:
+        async with client_for(server.sockets[0].getsockname()[1]) as client:
+            with pytest.raises(ReplicaConnectionError, match="did not prove"):
+                await client.embed(*batch([1, 2, 3]))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@async_test
+async def test_a_frame_over_the_limit_is_refused_before_its_body_is_read() -> None:
+    async with replica_server(HashEngine()) as (replica, port):
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        await protocol.authenticate(reader, writer, SECRET)
+        writer.write(protocol._U32.pack(replica.limits.max_request_bytes + 1))
+        await writer.drain()
+        reply = unframe(await reader.read())  # one error frame, then the replica hangs up
+        writer.close()
+    assert reply[0] == protocol.STATUS_ERROR
+    assert reply[1:].decode() == "The request is larger than this replica accepts."
+
+
+@async_test
+async def test_a_client_reads_no_reply_larger_than_its_request_allows() -> None:
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await protocol.accept(reader, writer, SECRET)
+        await protocol.read_frame(reader)
+        writer.write(protocol._U32.pack(2**31))  # announces 2 GiB of vectors for one input
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(flood, LOOPBACK, 0)
+    try:
+        async with client_for(server.sockets[0].getsockname()[1]) as client:
+            client.max_dimension = 8
+            with pytest.raises(ReplicaConnectionError, match="larger than the request allows"):
+                await client.embed(*batch([1, 2]))
+            assert client._writer is None
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @async_test
 async def test_unknown_op_is_an_error_reply() -> None:
     async with replica_server(HashEngine()) as (_, port), client_for(port) as client:
-        with pytest.raises(ReplicaReplyError, match="unknown op 99"):
+        with pytest.raises(ReplicaReplyError, match="does not know this request"):
             await client._call(protocol.frame(bytes([99])))
 
 
@@ -159,7 +258,7 @@ async def test_unknown_op_is_an_error_reply() -> None:
 async def test_malformed_embed_request_is_an_error_reply() -> None:
     request = protocol.encode_embed(np.array([5]), np.array([1, 2], dtype=np.int64))
     async with replica_server(HashEngine()) as (_, port), client_for(port) as client:
-        with pytest.raises(ReplicaReplyError, match="does not match"):
+        with pytest.raises(ReplicaReplyError, match="do not match"):
             await client._call(request)
 
 
@@ -175,7 +274,7 @@ async def test_nothing_listening_raises_connection_error() -> None:
 @async_test
 async def test_connection_loss_raises_and_the_next_call_reconnects() -> None:
     engine = HashEngine()
-    replica = ReplicaServer(engine)
+    replica = ReplicaServer(engine, SECRET)
     connections: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,6 +301,7 @@ async def test_connection_loss_raises_and_the_next_call_reconnects() -> None:
 @async_test
 async def test_replica_closing_mid_reply_raises_connection_error() -> None:
     async def half_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await protocol.accept(reader, writer, SECRET)
         await protocol.read_frame(reader)
         writer.write(protocol.ok_vectors(np.ones((1, 4), dtype=np.float32))[:10])
         await writer.drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,11 @@ from greenroom.runtime.ray import (
     Slot,
     app_name,
     assign,
+    ensure_ray_token,
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
+SECRET = "5e" * 32
 
 
 def ray_runtime(data_dir: Path, onnx_cache_dir: Path) -> RayRuntime:
@@ -71,11 +74,13 @@ async def test_serve_handle_transport_embeds_like_the_protocol(
     tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
 ) -> None:
     runtime = ray_runtime(tmp_path, onnx_cache_dir)
-    spec = RevisionSpec("rev-handle", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+    spec = RevisionSpec(
+        "rev-handle", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+    )
     try:
         await runtime.start_revision(spec)
         (replica,) = await wait_ready(runtime, spec.revision_id, 1)
-        over_protocol = await embed_probe(replica, tiny_model_dir)
+        over_protocol = await embed_probe(replica, spec)
         client = ServeHandleClient(spec.revision_id)
         over_handle = await client.embed(*tokenize(tiny_model_dir, PROBE_TEXTS))
         await client.close()
@@ -89,7 +94,9 @@ async def test_a_new_backend_adopts_running_applications(
     tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
 ) -> None:
     """What an external cluster gives a restarted `greenroom serve`: its revisions, as they run."""
-    spec = RevisionSpec("rev-adopted", tiny_model_dir, content_hash(tiny_model_dir), threads=1)
+    spec = RevisionSpec(
+        "rev-adopted", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+    )
     first = ray_runtime(tmp_path, onnx_cache_dir)
     first.keep_applications = True
     await first.start_revision(spec)
@@ -121,3 +128,12 @@ def test_slots_keep_their_ids_and_count_replacements() -> None:
     assert slots[1].status.restarts == 0
     assign(slots, set(), {}, ("DEPLOY_FAILED", "constructor raised"))
     assert {s.status.message for s in slots} == {"constructor raised"}
+
+
+def test_the_private_ray_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    path = ensure_ray_token(tmp_path / "data" / "ray.token")
+    token = path.read_text()
+    assert len(token) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)
+    assert ensure_ray_token(path).read_text() == token  # reused, and private again
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

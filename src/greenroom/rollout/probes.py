@@ -47,13 +47,17 @@ def tokenize_probes(model_path: Path) -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
 
-async def embed_probes(model_path: Path, replicas: list[dict[str, Any]]) -> ProbeResult:
-    """Embed the probe texts on one ready replica of a revision (as reported to the store)."""
+async def embed_probes(
+    model_path: Path, replicas: list[dict[str, Any]], *, secret: str
+) -> ProbeResult:
+    """Embed the probe texts on one ready replica of a revision (as reported to the store);
+    `secret` is the revision's `replica_secret`."""
     ready = [r for r in replicas if r.get("state") == "ready" and r.get("port")]
     if not ready:
         raise ProbeError("no ready replica to probe")
     lengths, flat_ids = tokenize_probes(model_path)
-    client = ReplicaClient(ready[0]["host"], int(ready[0]["port"]))
+    dimension = inspect_model(model_path).dimension
+    client = ReplicaClient(ready[0]["host"], int(ready[0]["port"]), secret, max_dimension=dimension)
     try:
         started = time.perf_counter()
         vectors = await client.embed(lengths, flat_ids)

@@ -342,7 +342,9 @@ def _ready_or_broken(session: Session, revision_id: str) -> bool | None:
 async def smoke_test(ctx: StepContext) -> StepOutcome:
     green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
     try:
-        result = await embed_probes(Path(green["model_path"]), green["replicas"])
+        result = await embed_probes(
+            Path(green["model_path"]), green["replicas"], secret=green["secret"]
+        )
     except ProbeError as exc:
         raise StepFailed(f"Green failed the smoke test: {exc}.") from exc
     problem = smoke_problem(
@@ -364,6 +366,7 @@ def _probe_target(session: Session, revision_id: str) -> dict[str, Any]:
     return {
         "model_path": revision.model_path,
         "replicas": list(revision.replicas),
+        "secret": revision.replica_secret,
         "dimension": model.dimension if model else info.dimension,
         "normalize": info.normalize,
     }
@@ -380,9 +383,13 @@ async def compatibility_gate(ctx: StepContext) -> StepOutcome:
         if green_vectors is None:  # resumed after a take-over: probe green again
             green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
             green_vectors = (
-                await embed_probes(Path(green["model_path"]), green["replicas"])
+                await embed_probes(
+                    Path(green["model_path"]), green["replicas"], secret=green["secret"]
+                )
             ).vectors
-        blue_vectors = (await embed_probes(Path(blue["model_path"]), blue["replicas"])).vectors
+        blue_vectors = (
+            await embed_probes(Path(blue["model_path"]), blue["replicas"], secret=blue["secret"])
+        ).vectors
     except ProbeError as exc:
         raise StepFailed(f"Cannot compare blue and green: {exc}.") from exc
     cosine = mean_cosine(blue_vectors, green_vectors)

@@ -40,6 +40,11 @@ class RevisionSpec:
     gpu: int = 0
     environment: dict[str, str] = field(default_factory=dict)
     runtime: str = "local"  # the runtime target (`local`, `ray`) that runs it
+    max_batch_size: int = 32  # bounds the requests its replicas accept
+    # The revision's replica secret (`revisions.replica_secret`): every connection to its
+    # replicas proves it knows it. Never in a repr or a log; it never changes for a revision,
+    # so it takes no part in comparing specs (an adopted Ray application's spec has none).
+    secret: str = field(default="", repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ class FakeReplica:
                     await asyncio.sleep(RESTART_DELAY_S)
                     await self.start()
                 return
-        replica_server = ReplicaServer(self.engine)
+        replica_server = ReplicaServer(
+            self.engine, self.spec.secret, max_batch_size=self.spec.max_batch_size
+        )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections.add(writer)

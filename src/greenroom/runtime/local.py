@@ -3,7 +3,9 @@
 The supervisor lives in the `greenroom serve` process. Each replica slot is one asyncio task that
 starts the replica process, waits for its ready line, health-checks it (a real embed) and restarts
 it with exponential back-off when it exits or stops answering. Replicas bind loopback only and die
-with this process (parent-death signal), so a killed server leaves no orphans.
+with this process (parent-death signal), so a killed server leaves no orphans. A replica starts
+with the minimal environment of `environment.replica_environment` (never the server's, which
+holds `GREENROOM_*` secrets) and gets its revision's secret through its standard input.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ import orjson
 
 from greenroom.config import Settings
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.environment import replica_environment
 from greenroom.runtime.protocol import ReplicaClient
 
 log = logging.getLogger("greenroom.runtime.local")
 LOOPBACK = "127.0.0.1"
 HEALTHY_RESETS_BACKOFF_S = 30.0
+
+
+async def hand_over_secret(process: asyncio.subprocess.Process, secret: str) -> None:
+    """Write the revision's secret as the first line of the replica's standard input and close
+    it: a pipe only the two processes hold (never argv, never the environment)."""
+    assert process.stdin is not None
+    with contextlib.suppress(ConnectionError):  # it died at once: its exit code tells why
+        process.stdin.write(secret.encode() + b"\n")
+        await process.stdin.drain()
+    process.stdin.close()
 
 
 class ReplicaSlot:
@@ -110,18 +123,27 @@ class ReplicaSlot:
             "--cache-dir", str(self.runtime.onnx_cache_dir),
             "--host", LOOPBACK,
             "--parent-pid", str(os.getpid()),
+            "--max-batch-size", str(spec.max_batch_size),
         ]  # fmt: skip
+        env = replica_environment(
+            spec.environment,
+            self.settings.allowed_env_names(),
+            threads=spec.threads,
+            revision_id=spec.revision_id,
+        )
         log_file = self._log_path().open("ab")
         try:
-            return await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 *command,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", **spec.environment},
+                stdin=asyncio.subprocess.PIPE,
+                env=env,
             )
         finally:
             log_file.close()
+        await hand_over_secret(process, spec.secret)
+        return process
 
     def _log_path(self) -> Path:
         return self.runtime.log_dir / f"replica-{self.status.replica_id}.log"
@@ -147,7 +169,7 @@ class ReplicaSlot:
         """Wait for the process to exit or fail a health check."""
         assert self.process is not None
         exited = asyncio.create_task(self.process.wait())
-        client = ReplicaClient(LOOPBACK, port)
+        client = ReplicaClient(LOOPBACK, port, self.spec.secret)
         try:
             while True:
                 done, _ = await asyncio.wait(

@@ -11,6 +11,13 @@ Connects to `RAY_ADDRESS` when set, else starts a private local Ray (never a pla
 which attaches to any Ray on the host). Applications on an external cluster outlive greenroom and
 are re-adopted on the next start; a private local Ray dies with this process.
 
+Security: the private Ray listens on 127.0.0.1 only, keeps Ray's token authentication on (the
+token is generated once into `<data dir>/ray.token`, 0600) and its processes start without the
+server's `GREENROOM_*` secrets. With `RAY_ADDRESS`, greenroom uses the cluster's own settings
+(`RAY_AUTH_MODE=token` with `RAY_AUTH_TOKEN_PATH` or `RAY_AUTH_TOKEN`, as for any Ray client).
+Replicas get the allowed variables of their config only (`environment.replica_environment`) and
+their revision's secret as a bind argument, which guards their protocol port.
+
 Every call into Ray runs on one thread of its own (`_call`), off the event loop.
 """
 
@@ -21,8 +28,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +42,7 @@ import orjson
 
 from greenroom.config import Settings, default_threads
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.environment import replica_environment, without_server_secrets
 
 log = logging.getLogger("greenroom.runtime.ray")
 APP_PREFIX = "greenroom-"
@@ -42,6 +52,8 @@ SERVE_NAMESPACE = "serve"
 ACTOR_PREFIX = "SERVE_REPLICA::"
 LOOPBACK = "127.0.0.1"
 PRIVATE_OBJECT_STORE_BYTES = 100 * 1024 * 1024
+RAY_TOKEN_FILE = "ray.token"  # in the data dir: the private Ray's auth token
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 T = TypeVar("T")
 
 
@@ -50,7 +62,11 @@ def app_name(revision_id: str) -> str:
 
 
 def spec_to_json(spec: RevisionSpec) -> bytes:
-    return orjson.dumps(dataclasses.asdict(spec), default=str)
+    """The spec as kept in Ray's KV store for adoption: without its secret (the replicas get
+    that as a bind argument of their deployment)."""
+    values = dataclasses.asdict(spec)
+    values.pop("secret")
+    return orjson.dumps(values, default=str)
 
 
 def spec_from_json(raw: bytes) -> RevisionSpec:
@@ -69,12 +85,18 @@ def _kv():  # type: ignore[no-untyped-def]
 class GreenroomReplica:
     """One Serve replica: the engine, warmed up, behind the replica protocol and `embed`."""
 
-    def __init__(self, spec_json: bytes, cache_dir: str, bind_host: str, report_host: str) -> None:
+    def __init__(
+        self, spec_json: bytes, cache_dir: str, bind_host: str, report_host: str, secret: str
+    ) -> None:
         from ray import serve
 
         from greenroom.runtime.engines import EngineOptions, load_engine
         from greenroom.runtime.replica import ReplicaServer
 
+        if not secret:
+            raise ValueError("a replica needs its revision's secret")
+        if bind_host == LOOPBACK:
+            serve_grpc_on_loopback()
         spec = spec_from_json(spec_json)
         engine = load_engine(
             EngineOptions(
@@ -89,7 +111,8 @@ class GreenroomReplica:
         )
         engine.warm_up()
         self.engine = engine
-        self.server = ReplicaServer(engine)
+        self.server = ReplicaServer(engine, secret, max_batch_size=spec.max_batch_size)
+        self._secret = secret
         # The protocol server gets an event loop and thread of its own: independent of how Serve
         # runs user code.
         self._loop = asyncio.new_event_loop()
@@ -109,19 +132,38 @@ class GreenroomReplica:
         return self._host, self._port
 
     async def embed(self, lengths: np.ndarray, flat_ids: np.ndarray) -> np.ndarray:
-        """The Serve-handle transport; shares the engine thread with the protocol server."""
+        """The Serve-handle transport (callers hold Ray's token); shares the engine thread with
+        the protocol server and its limits."""
+        from greenroom.runtime import protocol
+
+        lengths = np.asarray(lengths, dtype=np.int64)
+        flat_ids = np.asarray(flat_ids, dtype=np.int64)
+        protocol.check_batch(lengths, flat_ids, self.server.limits)
         loop = asyncio.get_running_loop()
         engine_thread = self.server.executor
         return await loop.run_in_executor(engine_thread, self.engine.embed, lengths, flat_ids)
 
     async def __call__(self, request: Any) -> Any:
-        """Serve's HTTP proxy transport (measured, not used by the router): an EMBED request
-        payload of the replica protocol in, raw little-endian float32 vectors out."""
+        """Serve's HTTP proxy transport (measured, not used by the router; the proxy runs only
+        with `GREENROOM_RAY_HTTP_PORT`, on loopback): `Authorization: Bearer <the revision's
+        secret>` and an EMBED request payload of the replica protocol in, raw little-endian
+        float32 vectors out."""
+        import hmac
+
         from starlette.responses import Response
 
         from greenroom.runtime import protocol
 
-        lengths, flat_ids = protocol.decode_embed(await request.body())
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), self._secret.encode()):
+            return Response(status_code=401)
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > self.server.limits.max_request_bytes:
+            return Response(status_code=413)
+        try:
+            lengths, flat_ids = protocol.decode_embed(await request.body(), self.server.limits)
+        except protocol.RefusedRequest as exc:
+            return Response(str(exc), status_code=400)
         vectors = await self.embed(lengths, flat_ids)
         return Response(
             vectors.astype("<f4", copy=False).tobytes(),
@@ -136,6 +178,24 @@ class GreenroomReplica:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             _kv()._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+
+
+def serve_grpc_on_loopback() -> None:
+    """Ray Serve (2.60) starts each replica's inter-deployment gRPC server on `[::]:0`, every
+    interface, right after the deployment's constructor, whatever the node's IP. On a private
+    Ray, whose every other server listens on 127.0.0.1 only, bind it there too (Ray's token
+    guards it either way). Called in the replica's process, from the constructor."""
+    from ray.serve._private import replica as serve_replica
+
+    bind = serve_replica.add_port_to_grpc_server
+    if getattr(bind, "loopback_only", False):
+        return
+
+    def bind_loopback(server: Any, address: str) -> int:
+        return bind(server, f"{LOOPBACK}:0" if address == "[::]:0" else address)
+
+    bind_loopback.loopback_only = True  # type: ignore[attr-defined]
+    serve_replica.add_port_to_grpc_server = bind_loopback
 
 
 class ServeHandleClient:
@@ -179,28 +239,92 @@ class Observation:
     endpoints: dict[str, dict[str, dict[str, Any]]]  # app → Serve replica id → endpoint
 
 
-def private_temp_dir() -> Path:
+def private_temp_dir(pid: int | None = None) -> Path:
     """Short on purpose: Ray's Unix socket paths live under it (108-byte limit)."""
-    return Path(f"/tmp/gr-ray-{os.getpid()}")
+    return Path(f"/tmp/gr-ray-{pid or os.getpid()}")
 
 
-def start_private_ray(num_cpus: int | None = None, temp_dir: Path | None = None) -> Path:
-    """A Ray of this process's own on this machine (not any Ray already on the host)."""
+def ensure_ray_token(path: Path) -> Path:
+    """The private Ray's token: generated once, kept in `path` (0600), reused by every start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip():
+            os.chmod(path, 0o600)
+            return path
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
+    os.replace(partial, path)
+    return path
+
+
+def start_private_ray(
+    token_path: Path, num_cpus: int | None = None, temp_dir: Path | None = None
+) -> Path:
+    """A Ray of this process's own on this machine (not any Ray already on the host): every
+    process of it listens on 127.0.0.1 only, token authentication is on (the token in
+    `token_path`, made by `ensure_ray_token`) and none inherits a server secret.
+
+    Returns the directory to remove after `ray.shutdown()` (0700; Ray's own temp dir, which it
+    makes world-writable, lies inside it).
+    """
     import ray
 
     temp_dir = temp_dir or private_temp_dir()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth is on by default in 2.60
+    temp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(temp_dir, 0o700)
+    # Kept for the life of this process: the driver authenticates every call with it.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_ray_token(token_path))
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        _temp_dir=str(temp_dir),
-        object_store_memory=PRIVATE_OBJECT_STORE_BYTES,
-        include_dashboard=False,
-        num_cpus=num_cpus or default_threads(),
-        log_to_driver=False,
-        namespace=KV_NAMESPACE,
-    )
+    _reload_ray_auth()
+    # GCS, raylet, agents and workers start from this process's environment (`ray.init`
+    # spawns them, workers inherit the raylet's): without our secrets, with a loopback node IP.
+    with without_server_secrets(), _loopback_node():
+        ray.init(
+            address="local",
+            _node_ip_address=LOOPBACK,
+            _temp_dir=str(temp_dir / "r"),
+            object_store_memory=PRIVATE_OBJECT_STORE_BYTES,
+            include_dashboard=False,
+            num_cpus=num_cpus or default_threads(),
+            log_to_driver=False,
+            namespace=KV_NAMESPACE,
+        )
     return temp_dir
+
+
+def _reload_ray_auth() -> None:
+    """Ray caches its auth mode and token; an imported Ray reads them again."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray turns a node IP of 127.0.0.1 into the machine's address, and its gRPC servers then
+    listen on every interface, unless it believes it runs a single-machine cluster (what it
+    does on macOS and Windows): then the node IP stays 127.0.0.1 and every server, the GCS's,
+    raylet's, object manager's and each worker's, listens on loopback only. The variable is
+    read at import and by each Ray process; set in both places for the start."""
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(SINGLE_MACHINE_ENV)
+    before_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_constant
+        if before_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = before_env
 
 
 def start_serve(http_port: int | None) -> None:
@@ -270,9 +394,14 @@ class RayRuntime(RuntimeBackend):
 
         if not ray.is_initialized():
             if self.external:
-                ray.init(address=os.environ["RAY_ADDRESS"], namespace=KV_NAMESPACE)
+                address = os.environ["RAY_ADDRESS"]
+                # a loopback-only Ray on this machine: join it as a loopback node too
+                local = _is_loopback(address)
+                with _loopback_node() if local else contextlib.nullcontext():
+                    ray.init(address=address, namespace=KV_NAMESPACE)
             else:
-                self._temp_dir = start_private_ray()
+                token = self.settings.resolved_data_dir() / RAY_TOKEN_FILE
+                self._temp_dir = start_private_ray(token)
                 self.owns_ray = True
         start_serve(self.settings.ray_http_port)
 
@@ -328,8 +457,17 @@ class RayRuntime(RuntimeBackend):
         name = app_name(spec.revision_id)
         raw = spec_to_json(spec)
         _kv()._internal_kv_put(f"spec/{name}", raw, namespace=KV_NAMESPACE)
+        # On an external cluster the router may run on another node: the protocol server
+        # listens on every interface there, and the revision's secret is what guards it.
         report_host = LOOPBACK if not self.external else _node_ip()
         bind_host = LOOPBACK if not self.external else "0.0.0.0"
+        env_vars = replica_environment(
+            spec.environment,
+            self.settings.allowed_env_names(),
+            threads=spec.threads,
+            revision_id=spec.revision_id,
+            inherit_base=False,
+        )
         deployment = serve.deployment(
             GreenroomReplica,
             name=DEPLOYMENT,
@@ -338,14 +476,16 @@ class RayRuntime(RuntimeBackend):
             ray_actor_options={
                 "num_cpus": self.replica_num_cpus(spec),
                 "num_gpus": spec.gpu,
-                "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", **spec.environment}},
+                "runtime_env": {"env_vars": env_vars},
             },
             health_check_period_s=1.0,
             health_check_timeout_s=self.settings.replica_health_timeout_s,
             graceful_shutdown_wait_loop_s=0.2,
             graceful_shutdown_timeout_s=self.settings.replica_stop_grace_s,
         )
-        app = deployment.bind(raw, str(self.onnx_cache_dir), bind_host, report_host)
+        # The secret travels as a bind argument, through Ray's authenticated channel; never in
+        # `runtime_env` (an environment listing) or the KV spec.
+        app = deployment.bind(raw, str(self.onnx_cache_dir), bind_host, report_host, spec.secret)
         _run_many(
             [RunTarget(target=app, name=name, route_prefix=f"/{name}")],
             wait_for_ingress_deployment_creation=False,
@@ -515,6 +655,11 @@ def assign(
                 state=ReplicaState.STARTING, host=None, port=None, pid=None, message="loading model"
             )
         slot.status = replace(slot.status, **changes)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0] or address
+    return host in {"localhost", "::1", "[::1]"} or host.startswith("127.")
 
 
 def _node_ip() -> str:

@@ -45,6 +45,8 @@ def revision_spec(revision: Revision) -> RevisionSpec:
         gpu=config.get("gpu", 0),
         environment=dict(config.get("additional_envs") or {}),
         runtime=revision.runtime,
+        max_batch_size=config.get("max_batch_size", 32),
+        secret=revision.replica_secret,
     )
 
 

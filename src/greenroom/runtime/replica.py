@@ -1,15 +1,19 @@
 """A replica process: one running copy of a revision, serving the replica protocol.
 
-Started by the local runtime's supervisor as `python -m greenroom.runtime.replica …`. It loads the
-engine, embeds a warm-up batch, listens on loopback and prints one JSON line
-`{"event": "ready", "port": N}` on standard output: that line is its readiness. It dies with its
-parent (parent-death signal), so a killed `greenroom serve` leaves no orphans.
+Started by the local runtime's supervisor as `python -m greenroom.runtime.replica …`, with the
+revision's secret as the first line of its standard input (never argv or the environment). It
+loads the engine, embeds a warm-up batch, listens on loopback and prints one JSON line
+`{"event": "ready", "port": N}` on standard output: that line is its readiness. Only clients that
+know the secret get answers (`protocol.accept`); requests are bounded by the revision's limits
+and errors carry one sentence, their details go to the replica's log. It dies with its parent
+(parent-death signal), so a killed `greenroom serve` leaves no orphans.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -18,12 +22,15 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from greenroom.runtime import protocol
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine
 
 log = logging.getLogger("greenroom.replica")
 PR_SET_PDEATHSIG = 1
+MAX_SECRET_LINE = 256
+FAILED = "The replica could not embed this batch."
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -36,17 +43,32 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class ReplicaServer:
-    """Serves one engine; inference runs on one thread so batches never contend for cores."""
+    """Serves one engine to clients that know the revision's secret; inference runs on one
+    thread so batches never contend for cores."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, secret: str, *, max_batch_size: int = 32) -> None:
         self.engine = engine
+        self._secret = secret
+        info = engine.info
+        self.limits = protocol.Limits.for_batches(
+            max_batch_size, info.max_seq_length, info.vocab_size
+        )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         try:
+            if not await protocol.accept(reader, writer, self._secret):
+                log.warning("refused a connection from %s: no proof of the secret", _peer(writer))
+                return
             while True:
-                payload = await protocol.read_frame(reader)
+                try:
+                    payload = await protocol.read_frame(reader, self.limits.max_request_bytes)
+                except protocol.FrameTooLarge as exc:
+                    log.warning("refused a frame of %d bytes from %s", exc.length, _peer(writer))
+                    writer.write(protocol.error("The request is larger than this replica accepts."))
+                    await writer.drain()
+                    return  # its body is never read: the connection goes
                 writer.write(await self._answer(loop, payload))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -58,7 +80,7 @@ class ReplicaServer:
         op = payload[0] if payload else 0
         try:
             if op == protocol.OP_EMBED:
-                lengths, flat_ids = protocol.decode_embed(payload)
+                lengths, flat_ids = protocol.decode_embed(payload, self.limits)
                 vectors = await loop.run_in_executor(
                     self.executor, self.engine.embed, lengths, flat_ids
                 )
@@ -75,14 +97,33 @@ class ReplicaServer:
                         "engine": self.engine.options.engine,
                     }
                 )
-            return protocol.error(f"unknown op {op}")
-        except Exception as exc:  # reported to the caller; the replica keeps serving
-            log.exception("request failed")
-            return protocol.error(f"{type(exc).__name__}: {exc}")
+            return protocol.error("The replica does not know this request.")
+        except protocol.RefusedRequest as exc:
+            return protocol.error(str(exc))
+        except Exception:  # the details stay in our log; the replica keeps serving
+            log.exception("request (op %d) failed", op)
+            return protocol.error(FAILED)
 
 
-async def serve(engine: Engine, host: str, port: int) -> None:
-    server = await asyncio.start_server(ReplicaServer(engine).handle, host, port)
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "an unknown peer"
+
+
+def read_secret(stream: BinaryIO) -> str:
+    """The revision's secret: the first line the supervisor writes to our standard input, which
+    is then closed (the secret is never in argv or the environment)."""
+    line = stream.readline(MAX_SECRET_LINE)
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # fd 0 stays taken (no file lands on it), and children read nothing
+        os.close(devnull)
+    return line.decode(errors="replace").strip()
+
+
+async def serve(engine: Engine, secret: str, host: str, port: int, max_batch_size: int) -> None:
+    replica = ReplicaServer(engine, secret, max_batch_size=max_batch_size)
+    server = await asyncio.start_server(replica.handle, host, port)
     bound_port = server.sockets[0].getsockname()[1]
     print(json.dumps({"event": "ready", "port": bound_port, "pid": os.getpid()}), flush=True)
     stop = asyncio.Event()
@@ -105,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=32, help="the revision's max batch size"
+    )
     return parser.parse_args(argv)
 
 
@@ -112,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     die_with_parent(args.parent_pid)
+    secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""
+    if not secret:
+        log.error("no replica secret on standard input: the supervisor writes it there")
+        sys.exit(2)
     options = EngineOptions(
         model_path=args.model_path,
         content_hash=args.content_hash,
@@ -123,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     engine = load_engine(options)
     engine.warm_up()
-    asyncio.run(serve(engine, args.host, args.port))
+    asyncio.run(serve(engine, secret, args.host, args.port, args.max_batch_size))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A revision runs on the backend its runtime target names: the server's default, or the one a
 deployment config asks for (`runtime: ray` on a local server). Backends other than the default
 are created and opened on the first revision that needs them, so a local server pays nothing for
-Ray until a config asks for it.
+Ray until a config asks for it. Only enabled targets have a factory (`Settings.enabled_runtimes`):
+a revision asking for another is refused.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class RuntimeTargets(RuntimeBackend):
         if target not in self._backends:
             factory = self._factories.get(target)
             if factory is None:
-                raise InvalidRequestError(f"No runtime backend for the target '{target}'.")
+                raise InvalidRequestError(
+                    f"The runtime target '{target}' is not enabled on this server; an operator "
+                    "enables it with GREENROOM_EXTRA_RUNTIMES."
+                )
             backend = factory()
             await backend.open()
             self._adopt(target, backend)

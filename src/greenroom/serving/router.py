@@ -32,9 +32,12 @@ from greenroom.runtime.base import ReplicaSource, ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
 from greenroom.serving.batching import BatchQueue
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
+from greenroom.serving.tokenizing import CutRule, cut_rule, encode_texts, load_tokenizer
 
 log = logging.getLogger("greenroom.router")
-INLINE_TOKENIZE_MAX = 16  # larger inputs are tokenised off the event loop
+# Requests whose strings hold more characters are tokenised in a thread (the tokenizer's batch
+# call releases the GIL); smaller ones cost less than the hop (a few milliseconds at most).
+INLINE_TOKENIZE_MAX_CHARS = 2048
 MAX_ATTEMPTS = 2  # a batch whose replica died is retried once on another replica
 
 
@@ -51,6 +54,8 @@ class ServedRevision:
     max_batch_tokens: int = 8192
     max_queue: int = 1024
     allow_dimensions: bool = False
+    # the revision's replica secret: every connection to its replicas proves it knows it
+    replica_secret: str = field(default="", repr=False)
 
     def embedding_space(self, dimension: int | None = None) -> str:
         norm = "l2" if self.info.normalize or dimension else "none"
@@ -65,6 +70,7 @@ class RevisionRoute:
     revision: ServedRevision
     tokenizer: Tokenizer
     queue: BatchQueue
+    cut: CutRule | None = None  # where long strings may be cut (serving.tokenizing)
     workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     broken: set[tuple[str, int]] = field(default_factory=set)  # endpoints that failed us
     batches_in_flight: int = 0
@@ -98,9 +104,7 @@ class Router:
         """Prepare a revision (tokenizer, queue, workers for its ready replicas); idempotent."""
         if revision.revision_id in self._routes:
             return
-        tokenizer = Tokenizer.from_file(str(revision.info.tokenizer_file))
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(revision.info.max_seq_length)
+        tokenizer = load_tokenizer(revision.info.tokenizer_file, revision.info.max_seq_length)
         self._routes[revision.revision_id] = RevisionRoute(
             revision=revision,
             tokenizer=tokenizer,
@@ -108,7 +112,9 @@ class Router:
                 max_batch_size=revision.max_batch_size,
                 max_batch_tokens=revision.max_batch_tokens,
                 max_queue=revision.max_queue,
+                principal_share=self.settings.principal_queue_share,
             ),
+            cut=cut_rule(tokenizer),
         )
         self._sync_workers(revision.revision_id)
 
@@ -170,7 +176,10 @@ class Router:
         inputs: list[str] | list[list[int]],
         *,
         dimensions: int | None = None,
+        principal: str = "",
     ) -> EmbeddingResult:
+        """Embed the inputs for `principal` (the token's id), who shares batches and the queue
+        with the other principals (`BatchQueue`)."""
         route = self._live.get(served_name)
         if route is None:
             raise ModelNotFoundError(f"The model '{served_name}' does not exist.")
@@ -182,7 +191,7 @@ class Router:
                 f"No ready replica for '{served_name}' right now; retry shortly."
             )
         loop = asyncio.get_running_loop()
-        ticket = RequestTicket()
+        ticket = RequestTicket(principal)
         items = [EmbeddingItem(ids, loop.create_future(), ticket) for ids in token_ids]
         route.queue.put(items)
         try:
@@ -216,17 +225,19 @@ class Router:
         self, route: RevisionRoute, inputs: list[str] | list[list[int]]
     ) -> list[np.ndarray]:
         if isinstance(inputs[0], str):
-            tokenizer = route.tokenizer
-            encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-            if len(inputs) <= INLINE_TOKENIZE_MAX:
-                encodings = encode(inputs)
+            texts: list[str] = inputs  # type: ignore[assignment]
+            if sum(map(len, texts)) <= INLINE_TOKENIZE_MAX_CHARS:
+                ids = encode_texts(route.tokenizer, texts, rule=route.cut)
             else:
-                encodings = await asyncio.to_thread(encode, inputs)
-            return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+                ids = await asyncio.to_thread(encode_texts, route.tokenizer, texts, rule=route.cut)
+            return [np.asarray(one, dtype=np.int64) for one in ids]
         info = route.revision.info
         token_ids = []
         for ids in inputs:
-            array = np.asarray(ids[: info.max_seq_length], dtype=np.int64)
+            try:
+                array = np.asarray(ids[: info.max_seq_length], dtype=np.int64)
+            except (OverflowError, TypeError, ValueError):
+                array = np.array([-1])  # not int64 integers: refused below
             if array.min() < 0 or array.max() >= info.vocab_size:
                 raise InvalidRequestError(
                     f"Token ids must lie in [0, {info.vocab_size}) for this model."
@@ -276,7 +287,12 @@ class Router:
 
     async def _work(self, route: RevisionRoute, key: str, replica: ReplicaStatus) -> None:
         assert replica.host is not None and replica.port is not None
-        client = ReplicaClient(replica.host, replica.port)
+        client = ReplicaClient(
+            replica.host,
+            replica.port,
+            route.revision.replica_secret,
+            max_dimension=route.revision.info.dimension,
+        )
         served_name = route.revision.served_name
         try:
             while True:

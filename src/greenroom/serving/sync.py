@@ -7,7 +7,8 @@ forgets old revisions once nothing is in flight to them. It also writes the rout
 
 In a process without a supervisor (`GREENROOM_SUPERVISOR=false`) it also feeds the router's
 replica source from the store (`StoreReplicas`): every pass reads the replica reports of the
-revisions the router serves, and REPORTED signals start a pass as LIVE ones do.
+revisions the router serves, and REPORTED signals start a pass as LIVE ones do. Either way the
+router learns each revision's replica secret from its row here, as the supervisor does.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class RouterSync:
             max_batch_tokens=config.get("max_batch_tokens", 8192),
             max_queue=config.get("max_queue", 1024),
             allow_dimensions=bool(model and model.allow_dimensions),
+            replica_secret=revision.replica_secret,
         )
         self._known[revision.id] = served
         return served

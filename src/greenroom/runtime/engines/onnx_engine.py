@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from greenroom.errors import BackendError
 from greenroom.runtime.engines.base import Engine, EngineOptions
+from greenroom.runtime.environment import child_environment
 
 EXPORT_TIMEOUT_S = 600
 
@@ -73,7 +74,7 @@ def _export_in_child(model_path: Path, output: Path) -> None:
         str(output),
     ]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, env=os.environ.copy()
+        command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, env=child_environment()
     )
     if result.returncode != 0:
         last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
