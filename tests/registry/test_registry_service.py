@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,91 +14,133 @@ from greenroom.deployments import service as deployments_service
 from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
-from greenroom.registry.weights import content_hash
+from greenroom.registry.store import PINS_DIR
+from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
 from greenroom.tasks.models import Task
 
 TIMEOUT_S = 120.0
 
 
-@pytest.fixture(scope="module")
-def checked_tiny(tiny_model_dir: Path, onnx_cache_dir: Path) -> registry_service.CheckedModel:
-    return registry_service.check_source(
-        source=str(tiny_model_dir), cache_dir=onnx_cache_dir, timeout_s=TIMEOUT_S
+def check_options(
+    data_dir: Path, cache_dir: Path, *, timeout_s: float = TIMEOUT_S
+) -> registry_service.CheckOptions:
+    return registry_service.CheckOptions(
+        store_dir=data_dir / "models",
+        cache_dir=cache_dir,
+        timeout_s=timeout_s,
+        max_bytes=1 << 30,
+        max_files=1000,
     )
 
 
-def test_check_source_loads_the_model(
+@pytest.fixture
+def options(tmp_path: Path, onnx_cache_dir: Path) -> registry_service.CheckOptions:
+    return check_options(tmp_path, onnx_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def checked_tiny(
+    tiny_model_dir: Path, onnx_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> registry_service.CheckedModel:
+    options = check_options(tmp_path_factory.mktemp("data"), onnx_cache_dir)
+    return registry_service.check_source(source=str(tiny_model_dir), options=options)
+
+
+def test_check_source_loads_and_stores_the_model(
     checked_tiny: registry_service.CheckedModel, tiny_model_dir: Path, onnx_cache_dir: Path
 ) -> None:
-    assert checked_tiny.path == tiny_model_dir.resolve()
     assert checked_tiny.content_hash == content_hash(tiny_model_dir)
+    assert checked_tiny.path.name == checked_tiny.content_hash
+    assert checked_tiny.path.parent.name == "models"
+    assert content_hash(checked_tiny.path) == checked_tiny.content_hash
     assert (checked_tiny.dimension, checked_tiny.pooling, checked_tiny.normalize) == (
         32,
         "mean",
         True,
     )
     assert (onnx_cache_dir / checked_tiny.content_hash / "model.onnx").is_file()
+    assert checked_tiny.pin is not None and checked_tiny.pin.is_file()
+    assert [p.name for p in checked_tiny.path.parent.iterdir() if p.name.startswith(".inc")] == []
 
 
-def test_check_source_of_a_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ModelSourceError, match="is not a directory on disk"):
-        registry_service.check_source(
-            source=str(tmp_path / "none"), cache_dir=tmp_path, timeout_s=TIMEOUT_S
-        )
+def test_check_source_of_a_missing_directory(
+    tmp_path: Path, options: registry_service.CheckOptions, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, "greenroom.registry"),
+        pytest.raises(ModelSourceError) as info,
+    ):
+        registry_service.check_source(source=str(tmp_path / "none"), options=options)
+    assert info.value.message == UNUSABLE_SOURCE
+    assert "is not a directory with a config.json" in caplog.text
 
 
 def test_check_source_of_a_model_that_does_not_load(
-    tiny_model_dir: Path, checked_tiny: registry_service.CheckedModel, tmp_path: Path
+    tiny_model_dir: Path,
+    checked_tiny: registry_service.CheckedModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    broken = tmp_path / checked_tiny.content_hash
-    broken.mkdir()
+    broken = tmp_path / "onnx" / checked_tiny.content_hash
+    broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
-    with pytest.raises(ModelSourceError, match="does not load: ") as info:
-        registry_service.check_source(
-            source=str(tiny_model_dir), cache_dir=tmp_path, timeout_s=TIMEOUT_S
-        )
-    assert str(tiny_model_dir) in info.value.message
-    assert "Protobuf parsing failed" in info.value.message
+    options = check_options(tmp_path, tmp_path / "onnx")
+    with (
+        caplog.at_level(logging.WARNING, "greenroom.registry"),
+        pytest.raises(ModelSourceError, match="does not load") as info,
+    ):
+        registry_service.check_source(source=str(tiny_model_dir), options=options)
+    assert str(tiny_model_dir) not in info.value.message
+    assert "Protobuf" not in info.value.message  # internals go to the log
+    assert "Protobuf parsing failed" in caplog.text
+    assert [p.name for p in options.store_dir.iterdir()] == [PINS_DIR]  # nothing stored
 
 
 def test_check_source_is_bounded_in_time(tiny_model_dir: Path, tmp_path: Path) -> None:
+    options = check_options(tmp_path, tmp_path / "onnx", timeout_s=0.01)
     with pytest.raises(ModelSourceError, match=r"did not load within 0\.01 seconds"):
-        registry_service.check_source(
-            source=str(tiny_model_dir), cache_dir=tmp_path, timeout_s=0.01
-        )
+        registry_service.check_source(source=str(tiny_model_dir), options=options)
+    assert [p.name for p in options.store_dir.iterdir()] == [PINS_DIR]
 
 
 def test_check_source_refuses_a_dimension_other_than_configured(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    checked_tiny: registry_service.CheckedModel,
+    tiny_model_dir: Path,
+    options: registry_service.CheckOptions,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(registry_service, "run_load_check", lambda **_: {"dimension": 7})
+    report = registry_service.LoadReport(
+        path=checked_tiny.path, content_hash=checked_tiny.content_hash, dimension=7, pin=None
+    )
+    monkeypatch.setattr(registry_service, "run_load_check", lambda **_: report)
     with pytest.raises(ModelSourceError, match="produces 7-dimensional vectors"):
-        registry_service.check_source(
-            source=str(tiny_model_dir), cache_dir=Path("/unused"), timeout_s=TIMEOUT_S
-        )
+        registry_service.check_source(source=str(tiny_model_dir), options=options)
 
 
-def test_register(store: Store, tiny_model_dir: Path, onnx_cache_dir: Path) -> None:
+def test_register(
+    store: Store, tiny_model_dir: Path, options: registry_service.CheckOptions
+) -> None:
     model_in = EmbeddingModelCreate(id="tiny", source=str(tiny_model_dir), description="d")
     with store.session_scope() as db_session:
-        model = registry_service.register(
-            db_session, model_in=model_in, cache_dir=onnx_cache_dir, timeout_s=TIMEOUT_S
-        )
+        model = registry_service.register(db_session, model_in=model_in, options=options)
     with store.session_scope() as db_session:
         stored = registry_service.get_or_raise(db_session, embedding_model_id="tiny")
         config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
     assert (stored.dimension, stored.description, stored.path) == (32, "d", model.path)
+    assert stored.path == str(options.store_dir / stored.content_hash)
+    assert stored.source == str(tiny_model_dir)
     assert config is not None and config.model_revision == stored.content_hash
+    assert list((options.store_dir / PINS_DIR).iterdir()) == []  # unpinned at the commit
 
 
-def test_register_refuses_a_taken_id_before_checking(store: Store, tmp_path: Path) -> None:
+def test_register_refuses_a_taken_id_before_checking(
+    store: Store, tmp_path: Path, options: registry_service.CheckOptions
+) -> None:
     model_in = EmbeddingModelCreate(id="tiny", source=str(tmp_path / "not-checked"))
     with store.session_scope() as db_session:
         add_embedding_model(db_session, "tiny")
         with pytest.raises(ConflictError, match="Embedding model 'tiny' already exists"):
-            registry_service.register(
-                db_session, model_in=model_in, cache_dir=tmp_path, timeout_s=TIMEOUT_S
-            )
+            registry_service.register(db_session, model_in=model_in, options=options)
 
 
 def test_create_refuses_an_id_registered_concurrently(store: Store) -> None:
@@ -129,18 +172,20 @@ def test_get_or_raise_an_unknown_model(store: Store) -> None:
         registry_service.get_or_raise(db_session, embedding_model_id="x")
 
 
-def test_update_source(store: Store, tiny_model_2_dir: Path, onnx_cache_dir: Path) -> None:
+def test_update_source(
+    store: Store, tiny_model_2_dir: Path, options: registry_service.CheckOptions
+) -> None:
     with store.session_scope() as db_session:
         add_embedding_model(db_session, "tiny", description="kept")
         model = registry_service.update_source(
             db_session,
             embedding_model_id="tiny",
             model_in=EmbeddingModelUpdate(source=str(tiny_model_2_dir)),
-            cache_dir=onnx_cache_dir,
-            timeout_s=TIMEOUT_S,
+            options=options,
         )
         config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
     assert model.content_hash == content_hash(tiny_model_2_dir)
+    assert model.path == str(options.store_dir / model.content_hash)
     assert model.description == "kept"
     assert model.source == str(tiny_model_2_dir)
     assert config is not None

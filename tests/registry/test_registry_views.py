@@ -13,7 +13,7 @@ from greenroom.config import Settings
 from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.registry import views as registry_views
-from greenroom.registry.weights import content_hash
+from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
 
 BASE = "/v1/embedding-models"
 FIELDS = {
@@ -79,12 +79,21 @@ def test_register_read_update_and_delete_a_model(
 
 
 def test_register_a_bad_source(client: TestClient, tmp_path: Path) -> None:
-    response = client.post(BASE, json={"id": "m", "source": str(tmp_path / "missing")})
-    assert response.status_code == 400
-    assert "is not a directory on disk" in response.json()["detail"]
-    package = client.post(BASE, json={"id": "m", "source": "package:no_such_package_here"})
-    assert package.status_code == 400
-    assert package.json()["detail"].startswith("Package 'no_such_package_here' is not installed")
+    for source in (str(tmp_path / "missing"), "package:no_such_package_here"):
+        response = client.post(BASE, json={"id": "m", "source": source})
+        assert (response.status_code, response.json()) == (400, {"detail": UNUSABLE_SOURCE})
+
+
+def test_register_stores_a_copy_and_delete_collects_it(
+    client: TestClient, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    created = client.post(BASE, json={"id": "tiny", "source": str(tiny_model_dir)})
+    assert created.status_code == 201, created.text
+    stored = Path(created.json()["path"])
+    assert stored == (tmp_path / "data" / "models" / created.json()["content_hash"]).resolve()
+    assert content_hash(stored) == content_hash(tiny_model_dir)
+    assert client.delete(f"{BASE}/tiny").status_code == 204
+    assert not stored.exists()
 
 
 def test_register_a_model_that_does_not_load(

@@ -3,13 +3,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from greenroom.config import DEFAULT_MODEL_SOURCE
 from greenroom.errors import ModelSourceError
-from greenroom.registry.weights import content_hash, inspect_model, resolve_source
+from greenroom.registry.weights import (
+    UNUSABLE_SOURCE,
+    UnusableSourceError,
+    content_hash,
+    inspect_model,
+    resolve_source,
+)
 
 
 @pytest.fixture
@@ -30,19 +37,61 @@ def test_resolve_source_package(default_model_dir: Path) -> None:
 
 def test_resolve_source_missing_directory(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelSourceError, match="is not a directory on disk") as info:
+    with pytest.raises(UnusableSourceError) as info:
         resolve_source(str(missing))
-    assert str(missing) in info.value.message
+    assert info.value.message == UNUSABLE_SOURCE  # never the path: it is in `reason`, for logs
+    assert str(missing) in info.value.reason
 
 
 def test_resolve_source_directory_without_config(tmp_path: Path) -> None:
-    with pytest.raises(ModelSourceError, match=r"has no config\.json"):
+    with pytest.raises(UnusableSourceError, match="not a usable model directory") as info:
         resolve_source(str(tmp_path))
+    assert "config.json" in info.value.reason
 
 
 def test_resolve_source_missing_package() -> None:
-    with pytest.raises(ModelSourceError, match="'greenroom_no_such_package' is not installed"):
+    with pytest.raises(UnusableSourceError) as info:
         resolve_source("package:greenroom_no_such_package")
+    assert "'greenroom_no_such_package' is not an installed package" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "package:",
+        "package:.foo",
+        "package:this.that",
+        "package:os",
+        "package:json",
+        "/" + "a" * 300,
+    ],
+)
+def test_resolve_source_refuses_bad_names(source: str) -> None:
+    with pytest.raises(UnusableSourceError):
+        resolve_source(source)
+
+
+def make_package(root: Path, name: str, model_dir: Path, *, inside: bool) -> Path:
+    """A package on `root` whose import would leave a marker file; its model in `model/` or in
+    the package directory itself."""
+    package = root / name
+    shutil.copytree(model_dir, package / "model" if inside else package)
+    marker = root / f"{name}.imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return package
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_resolve_source_package_without_importing_it(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inside: bool
+) -> None:
+    name = f"greenroom_test_pkg_{'model' if inside else 'flat'}"
+    package = make_package(tmp_path, name, tiny_model_dir, inside=inside)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = resolve_source(f"package:{name}")
+    assert path == (package / "model" if inside else package).resolve()
+    assert name not in sys.modules
+    assert not (tmp_path / f"{name}.imported").exists()
 
 
 def test_content_hash_is_stable(tiny_model_dir: Path) -> None:

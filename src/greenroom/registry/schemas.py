@@ -6,15 +6,17 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from greenroom.deployments.schemas import UtcDateTime
+from greenroom.deployments.schemas import NAME_PATTERN, UtcDateTime
 
-EmbeddingModelId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\w\-.]+$")]
+EmbeddingModelId = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
 Source = Annotated[
     str,
     Field(
         min_length=1,
         max_length=4096,
-        description="a local model directory or `package:<import name>`",
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # no NUL or other control characters
+        description="a local model directory or `package:<import name>` (a top-level name of "
+        "an installed package shipping a `model` folder or being one; it is never imported)",
     ),
 ]
 Description = Annotated[str, Field(max_length=1000)]

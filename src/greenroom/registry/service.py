@@ -1,20 +1,27 @@
 """The model registry: register, read, re-point and delete embedding models.
 
 Plain functions, keyword-only arguments led by `db_session`; they never commit. Registration
-resolves the source, reads what the model produces, hashes its weights and proves that it loads
-and embeds in a child process with a bounded time (`greenroom.registry.check`), which also leaves
-its ONNX export in the cache for the first deploy. `check_source` and the functions calling it
-block for that long: call them from a thread (sync views do).
+resolves the source (a package is found, never imported) and lists its directory (refusing links
+out of it and what exceeds the bounds, before reading anything); then a child process with a
+bounded time (`greenroom.registry.check`) copies it into the content-addressed model store while
+hashing it, proves that the copy loads and embeds (leaving its ONNX export in the cache for the
+first deploy) and stores it as `<data dir>/models/<content hash>`: the path the model records, so
+what is served is what was hashed. Whatever makes a source unusable, the client reads one neutral
+sentence (`UNUSABLE_SOURCE`) and the server log the reason. `check_source` and the functions
+calling it block for that long: call them from a thread (sync views do).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +29,80 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from greenroom.config import Settings
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.service import DEFAULT_WORKSPACE
-from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
+from greenroom.errors import (
+    ConflictError,
+    ModelSourceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from greenroom.registry import check as load_check
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
-from greenroom.registry.weights import content_hash, inspect_model, resolve_source
+from greenroom.registry.store import (
+    INCOMING_PREFIX,
+    ensure_store,
+    list_model_files,
+    pin_path,
+    store_dir,
+    unpin,
+    unpin_when_done,
+)
+from greenroom.registry.weights import UnusableSourceError, inspect_model, resolve_source
 from greenroom.serving.models import LiveRevision
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TERMINAL_TASK_STATUSES
 from greenroom.workloads.models import Revision
 
+log = logging.getLogger("greenroom.registry")
+DOES_NOT_LOAD = (
+    "The model does not load and embed with the ONNX engine (the server log has the reason); "
+    "check that sentence-transformers loads it, then register it again."
+)
+NOT_STORED = (
+    "The model could not be copied into the server's model store (the server log has the "
+    "reason); try again later."
+)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Where a registration stores and checks a model, and its bounds."""
+
+    store_dir: Path  # the content-addressed model store, `<data dir>/models`
+    cache_dir: Path  # ONNX exports, `<data dir>/onnx`
+    timeout_s: float
+    max_bytes: int
+    max_files: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> CheckOptions:
+        data_dir = settings.resolved_data_dir()
+        return cls(
+            store_dir=store_dir(data_dir),
+            cache_dir=data_dir / "onnx",
+            timeout_s=settings.registration_timeout_s,
+            max_bytes=settings.max_model_bytes,
+            max_files=settings.max_model_files,
+        )
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What the child process stored and what the stored model produced."""
+
+    path: Path
+    content_hash: str
+    dimension: int
+    pin: Path | None
+
 
 @dataclass(frozen=True)
 class CheckedModel:
-    """A model source that resolved, loaded and embedded: what registration records."""
+    """A model source that resolved, loaded and embedded: what registration records. `path` is
+    its copy in the model store; `pin` keeps that copy from collection until it is recorded."""
 
     path: Path
     content_hash: str
@@ -44,6 +110,7 @@ class CheckedModel:
     max_seq_length: int
     pooling: str
     normalize: bool
+    pin: Path | None = None
 
 
 # ----- reading -----------------------------------------------------------------------------------
@@ -91,44 +158,74 @@ def has_unfinished_task(db_session: Session, *, embedding_model_id: str) -> bool
 # ----- the load check ----------------------------------------------------------------------------
 
 
-def check_source(*, source: str, cache_dir: Path, timeout_s: float) -> CheckedModel:
-    """Resolve, inspect, hash and load-check a model source; ModelSourceError (400) says why not."""
-    path = resolve_source(source)
-    info = inspect_model(path)
-    digest = content_hash(path)
-    report = run_load_check(
-        source=source, path=path, digest=digest, cache_dir=cache_dir, timeout_s=timeout_s
-    )
-    if report["dimension"] != info.dimension:
-        raise ModelSourceError(
-            f"Model source '{source}' produces {report['dimension']}-dimensional vectors "
-            f"but its configuration says {info.dimension}."
-        )
+def check_source(*, source: str, options: CheckOptions) -> CheckedModel:
+    """Resolve, list, store and load-check a model source; ModelSourceError (400) says why not."""
+    try:
+        path = resolve_source(source)
+        list_model_files(path, max_bytes=options.max_bytes, max_files=options.max_files)
+    except UnusableSourceError as exc:
+        raise _unusable(source, exc) from None
+    report = run_load_check(source=source, path=path, options=options)
+    try:
+        info = inspect_model(report.path)
+        if report.dimension != info.dimension:
+            raise ModelSourceError(
+                f"The model produces {report.dimension}-dimensional vectors but its "
+                f"configuration says {info.dimension}."
+            )
+    except ModelSourceError:
+        unpin(report.pin)
+        raise
     return CheckedModel(
-        path=path,
-        content_hash=digest,
+        path=report.path,
+        content_hash=report.content_hash,
         dimension=info.dimension,
         max_seq_length=info.max_seq_length,
         pooling=info.pooling,
         normalize=info.normalize,
+        pin=report.pin,
     )
 
 
-def run_load_check(
-    *, source: str, path: Path, digest: str, cache_dir: Path, timeout_s: float
-) -> dict:
+def run_load_check(*, source: str, path: Path, options: CheckOptions) -> LoadReport:
     """Run `greenroom.registry.check` in a child process (its own process group, so the ONNX
-    export it may start dies with it on timeout); its JSON report."""
+    export it may start dies with it on timeout) on an `.incoming-` folder of the store."""
+    ensure_store(options.store_dir)
+    incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=options.store_dir))
+    try:
+        returncode, stdout, stderr = _run_child(path, incoming, options)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)  # stored (renamed) or left by a failure
+    reason = (stderr.strip().splitlines() or ["the load check exited without a reason"])[-1]
+    if returncode == load_check.EXIT_UNUSABLE:
+        raise _unusable(source, UnusableSourceError(reason))
+    if returncode == load_check.EXIT_REFUSED:
+        raise ModelSourceError(reason)
+    if returncode != 0:
+        log.warning("model source %.300r: the load check failed: %s", source, reason)
+        if returncode == load_check.EXIT_NOT_STORED:
+            raise ServiceUnavailableError(NOT_STORED)
+        raise ModelSourceError(DOES_NOT_LOAD)
+    return _parse_report(stdout, options.store_dir, incoming.name)
+
+
+def _run_child(path: Path, incoming: Path, options: CheckOptions) -> tuple[int, str, str]:
     command = [
         sys.executable,
         "-m",
         "greenroom.registry.check",
-        "--model-path",
+        "--source",
         str(path),
-        "--content-hash",
-        digest,
+        "--incoming",
+        str(incoming),
+        "--store",
+        str(options.store_dir),
         "--cache-dir",
-        str(cache_dir),
+        str(options.cache_dir),
+        "--max-bytes",
+        str(options.max_bytes),
+        "--max-files",
+        str(options.max_files),
     ]
     process = subprocess.Popen(
         command,
@@ -138,16 +235,41 @@ def run_load_check(
         start_new_session=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
+        stdout, stderr = process.communicate(timeout=options.timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         raise ModelSourceError(
-            f"Model source '{source}' did not load within {timeout_s:g} seconds."
+            f"The model did not load within {options.timeout_s:g} seconds; register a smaller "
+            "model or ask the operator to raise GREENROOM_REGISTRATION_TIMEOUT_S."
         ) from None
-    if process.returncode != 0:
-        reason = (stderr.strip().splitlines() or ["the load check exited without a reason"])[-1]
-        raise ModelSourceError(f"Model source '{source}' does not load: {reason}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    return process.returncode, stdout, stderr
+
+
+def _parse_report(stdout: str, root: Path, incoming_name: str) -> LoadReport:
+    try:
+        report = json.loads(stdout.strip().splitlines()[-1])
+        digest = str(report["content_hash"])
+        path = Path(report["path"])
+        dimension = int(report["dimension"])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        log.error("the load check printed no report: %s (%.300r)", exc, stdout)
+        raise ServiceUnavailableError(NOT_STORED) from None
+    if path != root / digest:
+        log.error("the load check stored %s, not %s", path, root / digest)
+        raise ServiceUnavailableError(NOT_STORED)
+    return LoadReport(
+        path=path,
+        content_hash=digest,
+        dimension=dimension,
+        pin=pin_path(root, digest, incoming_name),
+    )
+
+
+def _unusable(source: str, error: UnusableSourceError) -> UnusableSourceError:
+    log.warning(
+        "model source %.300r is not a usable model directory: %.1000s", source, error.reason
+    )
+    return error
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -160,12 +282,14 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def register(
-    db_session: Session, *, model_in: EmbeddingModelCreate, cache_dir: Path, timeout_s: float
+    db_session: Session, *, model_in: EmbeddingModelCreate, options: CheckOptions
 ) -> EmbeddingModel:
-    """Check the source (blocks up to `timeout_s`), then record the model and its config."""
+    """Check the source (blocks up to `options.timeout_s`), then record the model and its
+    config."""
     if get(db_session, embedding_model_id=model_in.id) is not None:
         raise _exists(model_in.id)
-    checked = check_source(source=model_in.source, cache_dir=cache_dir, timeout_s=timeout_s)
+    checked = check_source(source=model_in.source, options=options)
+    unpin_when_done(db_session, checked.pin)
     return create(db_session, model_in=model_in, checked=checked)
 
 
@@ -197,12 +321,13 @@ def update_source(
     *,
     embedding_model_id: str,
     model_in: EmbeddingModelUpdate,
-    cache_dir: Path,
-    timeout_s: float,
+    options: CheckOptions,
 ) -> EmbeddingModel:
-    """Check the new source (blocks up to `timeout_s`), then point the model at it."""
+    """Check the new source (blocks up to `options.timeout_s`), then point the model at it.
+    The stored copy of the old source stays while a revision names it (collect_unreferenced)."""
     get_or_raise(db_session, embedding_model_id=embedding_model_id)
-    checked = check_source(source=model_in.source, cache_dir=cache_dir, timeout_s=timeout_s)
+    checked = check_source(source=model_in.source, options=options)
+    unpin_when_done(db_session, checked.pin)
     return update(
         db_session, embedding_model_id=embedding_model_id, model_in=model_in, checked=checked
     )

@@ -1,20 +1,24 @@
 """Resolving a model source, hashing its weights and reading what the model produces.
 
 A source is a local directory in sentence-transformers format, or `package:<import name>` of an
-installed Python package that ships one (`get_model_path()`, else the package directory).
+installed Python package that ships one (its `model` folder, else the package directory itself).
+A package is found, never imported: resolving a source runs none of its code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from greenroom.errors import ModelSourceError
 
 PACKAGE_PREFIX = "package:"
+PACKAGE_MODEL_DIR = "model"
 POOLING_MODES = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -32,6 +36,21 @@ POOLING_MODE_NAMES = {
     "mean_sqrt_len_tokens": "mean_sqrt_len",
 }
 _HASH_CHUNK = 1 << 20
+# One sentence whatever the reason, so that an answer never tells whether some path exists.
+UNUSABLE_SOURCE = (
+    "The model source is not a usable model directory: give a local sentence-transformers "
+    "directory (config.json, tokenizer.json and weights, within the server's size and file-count "
+    "bounds, with no links leaving it) or `package:<name>` of an installed package that ships one."
+)
+
+
+class UnusableSourceError(ModelSourceError):
+    """A source that is not a usable model directory. The client gets `UNUSABLE_SOURCE`;
+    `reason` (which may name paths) is for the server log only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(UNUSABLE_SOURCE)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -52,39 +71,58 @@ class ModelInfo:
 
 
 def resolve_source(source: str) -> Path:
-    """The model directory of a source; a clear error when it is not on disk."""
+    """The model directory of a source (links resolved); UnusableSourceError when there is none."""
     if source.startswith(PACKAGE_PREFIX):
-        path = _package_model_path(source.removeprefix(PACKAGE_PREFIX))
-    else:
-        path = Path(source).expanduser()
-    if not path.is_dir():
-        raise ModelSourceError(f"Model source '{source}' is not a directory on disk ({path}).")
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(
-            f"Model source '{source}' has no config.json: not a sentence-transformers model."
+        return _package_model_path(source.removeprefix(PACKAGE_PREFIX))
+    try:
+        path = Path(os.path.realpath(os.path.expanduser(source)))
+        usable = _holds_model(path)
+    except (OSError, ValueError) as exc:  # too long a name, a NUL, no access, ...
+        raise UnusableSourceError(f"{source!r}: {exc}") from None
+    if not usable:
+        raise UnusableSourceError(f"{source!r} is not a directory with a config.json")
+    return path
+
+
+def _holds_model(path: Path) -> bool:
+    """Whether `path` is a directory with a config.json; OSError when it cannot be looked at."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode) and stat.S_ISREG(
+            os.stat(path / "config.json").st_mode
         )
-    return path.resolve()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _package_model_path(import_name: str) -> Path:
+    """The model directory an installed package ships, found by `find_spec` on a top-level name
+    (which imports nothing: a dotted name would import its parents)."""
+    if not import_name.isidentifier():
+        raise UnusableSourceError(f"package {import_name!r} is not a top-level import name")
     try:
-        module = importlib.import_module(import_name)
-    except ImportError as exc:
-        raise ModelSourceError(
-            f"Package '{import_name}' is not installed; install it or use a directory source."
-        ) from exc
-    get_model_path = getattr(module, "get_model_path", None)
-    if callable(get_model_path):
-        return Path(get_model_path())
-    if module.__file__ is None:
-        raise ModelSourceError(f"Package '{import_name}' has no files on disk.")
-    return Path(module.__file__).parent
+        spec = importlib.util.find_spec(import_name)
+    except (ImportError, ValueError, OSError) as exc:
+        raise UnusableSourceError(f"package {import_name!r} cannot be found: {exc}") from None
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise UnusableSourceError(f"{import_name!r} is not an installed package")
+    for location in locations:
+        package_dir = Path(location)
+        for candidate in (package_dir / PACKAGE_MODEL_DIR, package_dir):
+            try:
+                if _holds_model(candidate):
+                    return Path(os.path.realpath(candidate))
+            except OSError:
+                continue
+    raise UnusableSourceError(f"package {import_name!r} ships no model directory")
 
 
 def content_hash(path: Path) -> str:
     """sha256 over the sorted relative paths and bytes of every file under the model directory."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
+    files = sorted(
+        (p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).parts
+    )
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode())
         digest.update(b"\0")
@@ -110,7 +148,7 @@ def inspect_model(path: Path) -> ModelInfo:
     st_config_file = path / "sentence_bert_config.json"
     st_config = _read_json(st_config_file) if st_config_file.is_file() else {}
     if not (path / "tokenizer.json").is_file():
-        raise ModelSourceError(f"Model at {path} has no tokenizer.json (a fast tokenizer).")
+        raise ModelSourceError("The model has no tokenizer.json (a fast tokenizer).")
     hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
     max_positions = int(config.get("max_position_embeddings", 512))
     dimension = pooling_config.get("word_embedding_dimension") or pooling_config.get(
@@ -154,5 +192,7 @@ def _pooling_mode(pooling_config: dict) -> str:
 def _read_json(path: Path) -> dict | list:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"Cannot read {path}: {exc}") from exc
+    except OSError as exc:
+        raise ModelSourceError(f"The model's {path.name} cannot be read: {exc.strerror}.") from exc
+    except ValueError as exc:
+        raise ModelSourceError(f"The model's {path.name} is not valid JSON: {exc}.") from exc
