@@ -158,7 +158,15 @@ def test_rollback_from_the_cli_and_refusal_of_changed_weights(
     assert result.exit_code == 0, result.stderr
     assert "done" in result.stderr
 
-    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")  # weights changed
+    # the source may change now: what is served is the registry's copy (issue 9 item 10)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    kept = call("POST", f"{server}{TASKS}/rollback", json={"embedding_model_id": "r"})
+    assert kept["status"] == "pending"
+    wait_task(server, kept["id"])
+    # the weights a rollback would restart changed on disk: refused
+    served = Path(call("GET", f"{server}/v1/embedding-models/r")["path"]) / "config.json"
+    served.chmod(0o600)
+    served.write_text(served.read_text() + " ")
     refused = call("POST", f"{server}{TASKS}/rollback", json={"embedding_model_id": "r"})
     assert refused["status"] == "refused"
     assert "no longer on disk as they were" in refused["detail"]

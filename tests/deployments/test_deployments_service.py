@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from factories import add_deployment, add_embedding_model
 
-from greenroom.config import default_threads
+from greenroom.config import Settings, default_threads
 from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.schemas import ConfigOverrides, ExecutorConfig
@@ -185,7 +185,7 @@ def test_config_overrides_keep_executor_config_bounds() -> None:
 
 # ----- the deployments API's service functions ---------------------------------------------------
 
-from sqlalchemy import event  # noqa: E402
+from sqlalchemy import event, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from greenroom.deployments.models import Deployment  # noqa: E402
@@ -201,6 +201,7 @@ from greenroom.deployments.states import DeploymentStatus, set_status  # noqa: E
 from greenroom.errors import InvalidTransitionError  # noqa: E402
 from greenroom.serving.models import LiveRevision  # noqa: E402
 from greenroom.tasks.models import Task  # noqa: E402
+from greenroom.workloads.models import Revision  # noqa: E402
 
 TEAM = "team"
 
@@ -234,10 +235,21 @@ def test_parse_version(text: str, number: int) -> None:
     assert deployments_service.parse_version(text) == number
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "x", "1.0", "", " 1"])
+@pytest.mark.parametrize("text", ["0", "-1", "x", "1.0", "", " 1", "²", "١", "000"])
 def test_parse_version_refuses_what_is_not_a_positive_integer(text: str) -> None:
-    with pytest.raises(InvalidRequestError, match=f"Invalid version '{text}'"):
+    with pytest.raises(InvalidRequestError, match=f"Invalid version '{text}': must be a positive"):
         deployments_service.parse_version(text)
+
+
+@pytest.mark.parametrize("text", ["2147483648", "99999999999999999999999", "9" * 5000])
+def test_parse_version_refuses_what_the_store_cannot_hold(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="must be at most 2147483647"):
+        deployments_service.parse_version(text)
+
+
+def test_parse_version_reads_leading_zeros_and_the_largest() -> None:
+    assert deployments_service.parse_version("0" * 5000 + "7") == 7
+    assert deployments_service.parse_version("2147483647") == 2**31 - 1
 
 
 def test_create_config_refuses_another_model_revision(store: Store) -> None:
@@ -418,16 +430,303 @@ def test_activity_may_run(store: Store) -> None:
     with store.session_scope() as db_session:
         add_embedding_model(db_session, "m1")
         version = new_deployment(db_session)
-        idle = deployments_service.Activity(live=None, unfinished=[])
+        idle = deployments_service.Activity(served="d1", live=None, unfinished=[])
         assert not idle.may_run(db_session, version)
         live = LiveRevision(served_name="d1", revision_id=version.revision_id, deployment_id="x")
-        assert deployments_service.Activity(live=live, unfinished=[]).may_run(db_session, version)
+        activity = deployments_service.Activity(served="d1", live=live, unfinished=[])
+        assert activity.may_run(db_session, version)
         task = Task(
             id="deploy-1",
             kind="deploy",
             embedding_model_id="d1",
             task_metadata={"deployment_revision_id": version.revision_id},
         )
-        assert deployments_service.Activity(live=None, unfinished=[task]).may_run(
+        assert deployments_service.Activity(served="d1", live=None, unfinished=[task]).may_run(
             db_session, version
         )
+
+
+def add_revision(db_session: Session, deployment: Deployment, **fields: object) -> Revision:
+    revision = Revision(
+        id=deployment.revision_id,
+        deployment_id=deployment.id,
+        served_name=deployment.served_name,
+        embedding_model_id="m1",
+        source="/models/fake",
+        model_path="/models/fake",
+        content_hash="ab" * 32,
+        engine="onnx",
+        **fields,
+    )
+    db_session.add(revision)
+    db_session.flush()
+    return revision
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [{"desired_replicas": 1}, {"ready_replicas": 1}, {"replicas": [{"replica_id": "r"}]}],
+)
+def test_activity_withdrawn_needs_every_revision_of_the_name_stopped(
+    store: Store, replicas: dict[str, object]
+) -> None:
+    def withdrawn() -> bool:
+        return deployments_service.Activity.load(db_session, served="d1").withdrawn(db_session)
+
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        version = new_deployment(db_session)
+        queue_deploy_of(db_session, version)
+        assert not withdrawn()  # its deploy task is pending
+        db_session.get(Task, _only_task_id(db_session)).status = "done"  # type: ignore[union-attr]
+        db_session.flush()
+        assert withdrawn()
+        revision = add_revision(db_session, version, **replicas)
+        assert not withdrawn()
+        revision.desired_replicas, revision.ready_replicas, revision.replicas = 0, 0, []
+        db_session.flush()
+        assert withdrawn()
+
+
+def _only_task_id(db_session: Session) -> str:
+    [task_id] = db_session.scalars(select(Task.id)).all()
+    return task_id
+
+
+def queue_deploy_of(db_session: Session, deployment: Deployment) -> None:
+    """The pending deploy task the deployments API queues with a new version."""
+    db_session.add(
+        Task(
+            id=f"deploy-{deployment.entity_version}",
+            kind="deploy",
+            embedding_model_id=deployment.served_name,
+            task_metadata={"deployment_revision_id": deployment.revision_id},
+        )
+    )
+    db_session.flush()
+
+
+def test_a_controller_cannot_report_deleted_what_may_run(store: Store) -> None:
+    """Issue 9 item 8: DELETED or DELETING from a controller is refused while the version is
+    live, has replicas, or a task names it; accepted once nothing of it runs."""
+    deleted = DeploymentStatusUpdate(status="DELETED")
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        version = new_deployment(db_session)
+        queue_deploy_of(db_session, version)  # pending: it may run soon
+        for status in ("DELETED", "DELETING"):
+            with pytest.raises(InvalidTransitionError, match="still runs or is about to"):
+                deployments_service.update_status(
+                    db_session,
+                    workspace=WS,
+                    name="d1",
+                    version=None,
+                    status_in=DeploymentStatusUpdate(status=status),
+                )
+        db_session.get(Task, _only_task_id(db_session)).status = "done"  # type: ignore[union-attr]
+        revision = add_revision(db_session, version, desired_replicas=1, ready_replicas=1)
+        db_session.add(
+            LiveRevision(served_name="d1", revision_id=version.revision_id, deployment_id="x")
+        )
+        db_session.flush()
+        with pytest.raises(InvalidTransitionError):
+            deployments_service.update_status(
+                db_session, workspace=WS, name="d1", version=1, status_in=deleted
+            )
+        assert version.status == "CREATED"
+        db_session.delete(db_session.get(LiveRevision, "d1"))
+        revision.desired_replicas, revision.ready_replicas = 0, 0
+        db_session.flush()
+        accepted = deployments_service.update_status(
+            db_session, workspace=WS, name="d1", version=1, status_in=deleted
+        )
+    assert accepted.status == "DELETED"
+
+
+def test_delete_does_not_remove_a_deleted_version_that_still_serves(store: Store) -> None:
+    """A version already DELETED (by an earlier controller, say) while its revision serves: the
+    DELETE marks it DELETING and needs the delete task; the records stay until it withdrew."""
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        version = new_deployment(db_session)
+        revision = add_revision(db_session, version, desired_replicas=1, ready_replicas=1)
+        db_session.add(
+            LiveRevision(served_name="d1", revision_id=version.revision_id, deployment_id="x")
+        )
+        set_status(version, DeploymentStatus.DELETED, "set behind the API's back")
+        db_session.flush()
+        deletion = deployments_service.delete_deployment(db_session, workspace=WS, name="d1")
+        assert (deletion.removed, deletion.needs_delete_task) == (False, True)
+        assert version.status == "DELETING"
+        # the delete task under way: nothing changes, nothing is removed
+        db_session.add(Task(id="delete-1", kind="delete", embedding_model_id="d1"))
+        set_status(version, DeploymentStatus.DELETED, "Deployment deleted")
+        db_session.flush()
+        during = deployments_service.delete_deployment(db_session, workspace=WS, name="d1")
+        assert (during.removed, during.needs_delete_task) == (False, False)
+        assert version.status == "DELETED"
+        # the task withdrew everything and ended: now the records go
+        db_session.delete(db_session.get(LiveRevision, "d1"))
+        revision.desired_replicas, revision.ready_replicas = 0, 0
+        db_session.get(Task, "delete-1").status = "done"  # type: ignore[union-attr]
+        db_session.flush()
+        assert deployments_service.delete_deployment(db_session, workspace=WS, name="d1").removed
+
+
+def test_delete_of_one_deleted_version_that_still_runs(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        version = new_deployment(db_session)
+        new_version(db_session)
+        add_revision(db_session, version, desired_replicas=1)
+        set_status(version, DeploymentStatus.DELETED, "set behind the API's back")
+        db_session.flush()
+        deletion = deployments_service.delete_deployment(
+            db_session, workspace=WS, name="d1", version=1
+        )
+    assert (deletion.removed, deletion.needs_delete_task) == (False, True)
+    assert version.status == "DELETING"
+
+
+# ----- what a config may name: the server's runtimes and allow-listed variables (issue 9) -------
+
+from greenroom.deployments.service import ConfigPolicy, RefusedConfigError  # noqa: E402
+from greenroom.runtime.environment import MAX_ENV_VARS  # noqa: E402
+
+RAY_ENABLED = ConfigPolicy.of(Settings(runtime="local", extra_runtimes="ray"))
+LOCAL_ONLY = ConfigPolicy.of(Settings(runtime="local"))
+
+
+@pytest.mark.parametrize(
+    ("executor_config", "named"),
+    [
+        ({"additional_envs": {"BROWSER": "/bin/sh -c id #%s"}}, "'BROWSER'"),
+        ({"additional_envs": {"PYTHONWARNINGS": "all:0:antigravity.x:0:0"}}, "'PYTHONWARNINGS'"),
+        ({"additional_envs": {"LD_PRELOAD": "/tmp/x.so"}}, "'LD_PRELOAD'"),
+        ({"additional_envs": {"PATH": "/tmp"}}, "'PATH'"),
+        ({"additional_envs": {"OMP_NUM_THREADS": "1\0"}}, "'OMP_NUM_THREADS'"),
+        ({"runtime": "ray"}, "'ray'"),
+    ],
+)
+def test_a_config_naming_what_the_server_does_not_allow_is_refused(
+    store: Store, executor_config: dict, named: str
+) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        with pytest.raises(RefusedConfigError, match=named) as caught:
+            deployments_service.create_config(
+                db_session,
+                workspace=TEAM,
+                name="c",
+                model_name="m1",
+                executor_config=executor_config,
+                policy=LOCAL_ONLY,
+            )
+    assert caught.value.status_code == 422
+
+
+def test_the_operator_widens_the_policy(store: Store) -> None:
+    policy = ConfigPolicy.of(
+        Settings(runtime="local", extra_runtimes="ray", extra_env_names="MY_FLAG")
+    )
+    envs = {"OMP_NUM_THREADS": "2", "MY_FLAG": "on"}
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        config = deployments_service.create_config(
+            db_session,
+            workspace=TEAM,
+            name="c",
+            model_name="m1",
+            executor_config={"runtime": "ray", "additional_envs": envs},
+            policy=policy,
+        )
+    assert config.executor_config["additional_envs"] == envs
+    assert config.executor_config["runtime"] == "ray"
+
+
+def test_the_server_default_runtime_is_always_enabled() -> None:
+    assert ConfigPolicy.of(Settings(runtime="ray")).problem({"runtime": "ray"}) is None
+    assert ConfigPolicy.of(Settings(runtime="local")).problem({"runtime": "local"}) is None
+
+
+def test_too_many_or_too_long_variables_are_refused(store: Store) -> None:
+    many = {f"VAR_{number}": "1" for number in range(MAX_ENV_VARS + 1)}
+    policy = ConfigPolicy(allowed_env_names=frozenset(many))
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        for envs in (many, {"VAR_1": "x" * 1025}):
+            with pytest.raises(InvalidRequestError, match="additional_envs"):
+                deployments_service.create_config(
+                    db_session,
+                    workspace=TEAM,
+                    name="c",
+                    model_name="m1",
+                    executor_config={"additional_envs": envs},
+                    policy=policy,
+                )
+
+
+def test_new_versions_and_deploys_pass_the_policy(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        with pytest.raises(RefusedConfigError, match="'ray'"):
+            deployments_service.create_config_version(
+                db_session, workspace=WS, name="m1", overrides={"runtime": "ray"}
+            )
+        update = DeploymentConfigUpdate.model_validate(
+            {"executor_config": {"additional_envs": {"BROWSER": "x"}}}
+        )
+        with pytest.raises(RefusedConfigError, match="'BROWSER'"):
+            deployments_service.update_config(
+                db_session, workspace=WS, name="m1", config_in=update, policy=RAY_ENABLED
+            )
+        deployments_service.ensure_config_version(
+            db_session, workspace=WS, name="m1", overrides={"runtime": "ray"}, policy=RAY_ENABLED
+        )
+        # the operator narrowed the policy since: the stored config is deployed no more
+        with pytest.raises(RefusedConfigError, match="'ray'"):
+            deployments_service.ensure_config_version(
+                db_session, workspace=WS, name="m1", overrides={}, policy=LOCAL_ONLY
+            )
+        with pytest.raises(RefusedConfigError, match="'ray'"):
+            deployments_service.resolve_config(
+                db_session, workspace=WS, name="m1", version=None, policy=LOCAL_ONLY
+            )
+
+
+@pytest.mark.parametrize(
+    ("field", "too_big"),
+    [
+        ("gpu", 17),
+        ("replicas", 65),
+        ("max_batch_size", 2049),
+        ("max_batch_tokens", 1_048_577),
+        ("max_queue", 65_537),
+        ("threads", 257),
+    ],
+)
+def test_executor_settings_have_upper_bounds(field: str, too_big: int) -> None:
+    """Issue 9 item 12: `max_queue: 10^30` and the like are refused by every model."""
+    from pydantic import ValidationError
+
+    for model in (ExecutorConfig, ExecutorConfigUpdate, ConfigOverrides):
+        if field not in model.model_fields:
+            continue
+        with pytest.raises(ValidationError, match="less than or equal"):
+            model.model_validate({field: too_big})
+        model.model_validate({field: too_big - 1})
+    with pytest.raises(ValidationError):
+        ExecutorConfig.model_validate({field: 10**30})
+
+
+def test_a_stored_config_over_todays_bounds_is_not_deployed(store: Store) -> None:
+    """`max_queue: 10^30` written before the bounds: a new deployment of it is refused (400)
+    before anything is queued, instead of failing in the rollout."""
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+        config = deployments_service.get_latest_config(db_session, workspace=WS, name="m1")
+        assert config is not None
+        config.executor_config = {**config.executor_config, "max_queue": 10**30}
+        db_session.flush()
+        with pytest.raises(InvalidRequestError, match="max_queue"):
+            new_deployment(db_session)

@@ -9,8 +9,9 @@ import pytest
 from greenroom.deployments.models import Deployment
 from greenroom.deployments.states import (
     HISTORY_LIMIT,
+    STILL_RUNS,
     DeploymentStatus,
-    refuse_leaving_deleting,
+    refusal,
     set_status,
 )
 
@@ -34,11 +35,15 @@ def version_in(status: DeploymentStatus, message: str | None = "before") -> Depl
     return deployment
 
 
-def allowed(current: DeploymentStatus, to: DeploymentStatus) -> bool:
-    """The table: any status may follow any other, except that DELETING only becomes DELETED."""
-    if current is DeploymentStatus.DELETING:
-        return to in (DeploymentStatus.DELETING, DeploymentStatus.DELETED)
-    return True
+DELETION = (DeploymentStatus.DELETING, DeploymentStatus.DELETED)
+
+
+def allowed(current: DeploymentStatus, to: DeploymentStatus, *, runs: bool = False) -> bool:
+    """The table: any status may follow any other, except that DELETING only becomes DELETED,
+    and a version of which something runs only stays where it is among DELETING and DELETED."""
+    if current is DeploymentStatus.DELETING and to not in DELETION:
+        return False
+    return not (runs and to in DELETION and to is not current)
 
 
 @pytest.mark.parametrize(("current", "to"), list(itertools.product(ALL, ALL)))
@@ -58,12 +63,26 @@ def test_every_pair(current: DeploymentStatus, to: DeploymentStatus) -> None:
         assert len(deployment.status_history) == 1
 
 
-@pytest.mark.parametrize(("current", "to"), list(itertools.product(ALL, ALL)))
-def test_refuse_leaving_deleting_speaks_only_out_of_deleting(
+@pytest.mark.parametrize(
+    ("current", "to", "runs"), list(itertools.product(ALL, ALL, (False, True)))
+)
+def test_refusal_is_the_table(current: DeploymentStatus, to: DeploymentStatus, runs: bool) -> None:
+    reason = refusal(current, to, runs=runs)
+    assert (reason is None) is allowed(current, to, runs=runs)
+    if reason is not None and current is not DeploymentStatus.DELETING:
+        assert reason == STILL_RUNS.format(status=to.value)
+
+
+@pytest.mark.parametrize("to", DELETION)
+@pytest.mark.parametrize("current", [s for s in ALL if s not in DELETION])
+def test_a_version_that_runs_is_not_reported_deleted(
     current: DeploymentStatus, to: DeploymentStatus
 ) -> None:
-    reason = refuse_leaving_deleting(current, to)
-    assert (reason is None) is allowed(current, to)
+    deployment = version_in(current)
+    change = set_status(deployment, to, "gone?", runs=True)
+    assert not change.accepted
+    assert "still runs" in change.reason
+    assert (deployment.status, len(deployment.status_history)) == (current, 1)
 
 
 @pytest.mark.parametrize("status", ALL)

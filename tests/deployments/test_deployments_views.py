@@ -98,7 +98,7 @@ def client(store: Store, tmp_path: Path, signals: RecordingSignals) -> Iterator[
     with store.session_scope() as db_session:
         add_embedding_model(db_session, "m1")
         add_embedding_model(db_session, "m2", content_hash="cd" * 32)
-    settings = Settings(data_dir=tmp_path, runtime="local")
+    settings = Settings(data_dir=tmp_path, runtime="local", extra_runtimes="ray")
     app = api_app(store, settings, deployments_views.api_router, signals=signals)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
@@ -179,7 +179,7 @@ def test_create_config_with_every_field(client: TestClient) -> None:
         "max_queue": 10,
         "threads": 3,
         "runtime": "ray",
-        "additional_envs": {"A": "1"},
+        "additional_envs": {"OMP_NUM_THREADS": "1"},
     }
     config = create_config(
         client,
@@ -356,6 +356,7 @@ def test_delete_config_is_refused_while_a_deployment_uses_it(
         f"Deployment config '{WS}/c1' version 1 is used by deployment '{WS}/d1'"
     )
     call(client, "DELETE", "/deployment-configs/c1/versions/2", 204)  # not used
+    finish_tasks(store)  # nothing of d1 runs: a controller may report it DELETED
     call(client, "POST", "/deployments/d1/status", 200, json={"status": "DELETED"})
     call(client, "DELETE", "/deployment-configs/c1", 204)
 
@@ -556,7 +557,7 @@ def test_status_update_follows_the_history_rules(client: TestClient) -> None:
     ]
 
 
-def test_status_update_errors(client: TestClient) -> None:
+def test_status_update_errors(client: TestClient, store: Store) -> None:
     create_config(client)
     create_deployment(client)
     ready = {"status": "READY"}
@@ -567,6 +568,9 @@ def test_status_update_errors(client: TestClient) -> None:
         "detail": f"Deployment '{WS}/nope' not found"
     }
     call(client, "POST", "/deployments/d1/status?version=7", 404, json=ready)
+    detail = call(client, "POST", "/deployments/d1/status", 409, json={"status": "DELETING"})
+    assert "still runs or is about to" in detail["detail"]  # its deploy task is pending
+    finish_tasks(store)
     call(client, "POST", "/deployments/d1/status", 200, json={"status": "DELETING"})
     assert call(client, "POST", "/deployments/d1/status", 409, json=ready) == {"detail": DELETING}
     deleted = call(client, "POST", "/deployments/d1/status", 200, json={"status": "DELETED"})
@@ -829,3 +833,165 @@ def test_the_request_principal_is_recorded(store: Store, tmp_path: Path) -> None
         deployment = create_deployment(client)
     assert deployment["auth_context"]["principal_id"] == "token-1"
     assert tasks(store)[0].task_metadata["initiated_by"] == "alice"
+
+
+# ----- issue 9: names, bounds, refused settings, masked values -----------------------------------
+
+
+@pytest.mark.parametrize("name", [".", "..", "ｃ1", "cé", "c\u0430", "c/1", "c 1", "c\n"])
+def test_names_are_ascii_and_not_dot_or_dot_dot(client: TestClient, name: str) -> None:
+    body = {"name": name, "model_spec": {"model_name": "m1"}}
+    call(client, "POST", "/deployment-configs", 422, json=body)
+    create_config(client, "c-ok")
+    call(client, "POST", "/deployments", 422, json={"name": name, "config": "c-ok"})
+    project = name if "/" not in name else f"p/{name}/.."  # a project has parts
+    body = {"name": "d", "config": "c-ok", "project": project}
+    call(client, "POST", "/deployments", 422, json=body)
+
+
+@pytest.mark.parametrize("name", ["...", ".hidden", "a.b", "A_b-9"])
+def test_names_that_stay_allowed(client: TestClient, name: str) -> None:
+    create_config(client, name)
+    create_deployment(client, name, config=name, project=f"{name}/p.q")
+
+
+@pytest.mark.parametrize(
+    "query", [f"page={10**17}", "page=1000001", f"page_size={10**30}", "page=²"]
+)
+def test_paging_bounds(client: TestClient, query: str) -> None:
+    call(client, "GET", f"/deployments?{query}", 422)
+    call(client, "GET", f"/deployment-configs?{query}", 422)
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("²", INVALID_VERSION.format("²")),
+        ("99999999999999999999999", "Invalid version '99999999999999999999999': must be at most"),
+        ("2147483648", "Invalid version '2147483648': must be at most 2147483647"),
+    ],
+)
+def test_versions_beyond_the_store_are_400(client: TestClient, version: str, message: str) -> None:
+    create_config(client)
+    create_deployment(client)
+    for method, path in [
+        ("GET", f"/deployment-configs/c1/versions/{version}"),
+        ("DELETE", f"/deployment-configs/c1/versions/{version}"),
+        ("GET", f"/deployments/d1/versions/{version}"),
+        ("DELETE", f"/deployments/d1/versions/{version}"),
+    ]:
+        assert call(client, method, path, 400)["detail"].startswith(message)
+    ready = {"status": "READY"}
+    detail = call(client, "POST", f"/deployments/d1/status?version={version}", 400, json=ready)
+    assert detail["detail"].startswith(message)
+    body = {"name": "d2", "config": "c1", "config_version": int("9" * 23)}
+    call(client, "POST", "/deployments", 422, json=body)
+
+
+def test_the_openapi_document_shows_the_bounds(client: TestClient) -> None:
+    document = client.app.openapi()  # type: ignore[attr-defined]
+    operation = document["paths"][
+        BASE.replace(WS, "{workspace}") + "/deployments/{name}/versions/{version}"
+    ]
+    [version] = [p for p in operation["get"]["parameters"] if p["name"] == "version"]
+    assert version["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+        "title": "Version",
+    }
+    executor = document["components"]["schemas"]["ExecutorConfigUpdate"]["properties"]
+    assert executor["max_queue"]["anyOf"][0]["maximum"] == 65_536
+    assert executor["additional_envs"]["anyOf"][0]["maxProperties"] == 32
+
+
+@pytest.mark.parametrize(
+    ("executor_config", "named"),
+    [
+        ({"additional_envs": {"BROWSER": "/bin/sh -c 'id' #%s"}}, "BROWSER"),
+        ({"additional_envs": {"PYTHONWARNINGS": "all:0:antigravity.x:0:0"}}, "PYTHONWARNINGS"),
+        ({"additional_envs": {"LD_PRELOAD": "/tmp/evil.so"}}, "LD_PRELOAD"),
+        ({"runtime": "ray"}, "ray"),
+    ],
+)
+def test_refused_settings_are_422_naming_them(
+    store: Store, tmp_path: Path, executor_config: dict[str, Any], named: str
+) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+    app = api_app(store, Settings(data_dir=tmp_path), deployments_views.api_router)
+    with TestClient(app) as local_only:
+        body = {
+            "name": "c1",
+            "model_spec": {"model_name": "m1"},
+            "executor_config": executor_config,
+        }
+        detail = call(local_only, "POST", "/deployment-configs", 422, json=body)["detail"]
+        assert f"'{named}'" in detail
+        create_config(local_only)
+        body = {"executor_config": executor_config}
+        detail = call(local_only, "POST", "/deployment-configs/c1", 422, json=body)["detail"]
+        assert f"'{named}'" in detail
+        assert (
+            call(local_only, "GET", "/deployment-configs/c1/versions", 200)[0]["entity_version"]
+            == 1
+        )
+
+
+def test_env_values_are_shown_only_to_deploy_tokens(store: Store, tmp_path: Path) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+    settings = Settings(data_dir=tmp_path)
+    envs = {"OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": "0"}
+    with TestClient(api_app(store, settings, deployments_views.api_router)) as admin:
+        written = create_config(admin, executor_config={"additional_envs": envs})
+    assert written["executor_config"]["additional_envs"] == envs
+    reader = Principal(id="r", name="reader", scopes=effective_scopes([Scope.READ]))
+    app = api_app(store, settings, deployments_views.api_router, principal=reader)
+    masked = {"OMP_NUM_THREADS": "***", "CUDA_VISIBLE_DEVICES": "***"}
+    with TestClient(app) as client:
+        assert (
+            call(client, "GET", "/deployment-configs/c1", 200)["executor_config"]["additional_envs"]
+            == masked
+        )
+        [listed] = call(client, "GET", "/deployment-configs", 200)["data"]
+        assert listed["executor_config"]["additional_envs"] == masked
+        [version] = call(client, "GET", "/deployment-configs/c1/versions", 200)
+        assert version["executor_config"]["additional_envs"] == masked
+        one = call(client, "GET", "/deployment-configs/c1/versions/1", 200)
+        assert one["executor_config"]["additional_envs"] == masked
+
+
+def test_nul_bytes_in_free_text_are_422(client: TestClient) -> None:
+    """PostgreSQL cannot store NUL: a description or status message with one was a 500."""
+    body = {"name": "c1", "description": "a\u0000b", "model_spec": {"model_name": "m1"}}
+    call(client, "POST", "/deployment-configs", 422, json=body)
+    create_config(client)
+    create_deployment(client)
+    for status in (
+        {"status": "READY", "status_message": "\u0000"},
+        {"status": "READY", "model_provider_id": "\u0000"},
+    ):
+        call(client, "POST", "/deployments/d1/status", 422, json=status)
+
+
+def test_names_stored_before_the_ascii_rule_still_read(client: TestClient, store: Store) -> None:
+    from greenroom.deployments.models import DeploymentConfig
+    from greenroom.deployments.schemas import ExecutorConfig
+
+    with store.session_scope() as db_session:
+        db_session.add(
+            DeploymentConfig(
+                workspace=WS,
+                name="cé",
+                entity_version=1,
+                engine="onnx",
+                model_name="mé",
+                executor_config={
+                    **ExecutorConfig().model_dump(mode="json", exclude={"threads"}),
+                    "max_queue": 10**6,  # and a value over today's bound
+                },
+            )
+        )
+    [listed] = call(client, "GET", "/deployment-configs", 200)["data"]
+    assert (listed["name"], listed["model_spec"]["model_name"]) == ("cé", "mé")

@@ -6,14 +6,18 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from factories import add_deployment, add_embedding_model
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from greenroom.config import Settings
 from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
+from greenroom.deployments.service import ConfigPolicy, RefusedConfigError
 from greenroom.errors import ConflictError, NotFoundError
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
@@ -86,10 +90,46 @@ def test_overrides_that_change_nothing_add_no_version(db_session: Session) -> No
 
 
 def test_a_config_runtime_is_the_deployment_target(db_session: Session) -> None:
-    assert deploy(db_session, config={"runtime": "ray"}).task_metadata["deployment_target"] == "ray"
-    assert (
-        deploy(db_session, config={"runtime": None}).task_metadata["deployment_target"] == "local"
+    policy = ConfigPolicy.of(Settings(runtime="local", extra_runtimes="ray"))
+
+    def target(runtime: str | None) -> str:
+        request = ModelDeploymentRequest.model_validate(
+            {"embedding_model_id": "m1", "config": {"runtime": runtime}}
+        )
+        task = tasks_service.create_deploy_task(db_session, request=request, policy=policy)
+        return task.task_metadata["deployment_target"]
+
+    assert target("ray") == "ray"
+    assert target(None) == "local"
+
+
+def test_a_runtime_the_server_does_not_enable_is_refused(db_session: Session) -> None:
+    """Issue 9 item 2: `greenroom deploy m1 --set runtime=ray` on a server without
+    GREENROOM_EXTRA_RUNTIMES=ray is a 422, and no config version is written."""
+    policy = ConfigPolicy.of(Settings(runtime="local"))
+    request = ModelDeploymentRequest.model_validate(
+        {"embedding_model_id": "m1", "config": {"runtime": "ray"}}
     )
+    with pytest.raises(RefusedConfigError, match="'ray' is not enabled") as caught:
+        tasks_service.create_deploy_task(db_session, request=request, policy=policy)
+    assert caught.value.status_code == 422
+    config = deployments_service.get_latest_config(db_session, workspace="default", name="m1")
+    assert config is not None and config.entity_version == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "team/..", "../x", "ｍ1", "m\u0131", "a/b/c", "/m1", "m1/", "m 1"]
+)
+def test_served_names_are_ascii_parts(name: str) -> None:
+    with pytest.raises(ValidationError):
+        ModelDeploymentRequest.model_validate({"embedding_model_id": name})
+    with pytest.raises(ValidationError):
+        ModelDeletionRequest.model_validate({"embedding_model_id": name})
+
+
+@pytest.mark.parametrize("name", ["m1", "team-a/emb", "default/m1", "a.b/c_d-1", ".../x"])
+def test_served_names_that_stay_allowed(name: str) -> None:
+    assert ModelDeploymentRequest.model_validate({"embedding_model_id": name})
 
 
 def test_client_id_is_used_verbatim_and_is_idempotent(db_session: Session) -> None:
@@ -287,3 +327,40 @@ def test_queue_delete(db_session: Session) -> None:
         "initiated_by": "admin",
         "deployment_revision_id": "rev-1",
     }
+
+
+def test_a_rollback_to_settings_the_server_no_longer_allows_is_refused(
+    db_session: Session, tmp_path: Path
+) -> None:
+    """A revision started when Ray (or a variable) was allowed does not come back once the
+    operator narrowed the policy: its rollback task is stored `refused` with the reason."""
+    from greenroom.registry.weights import content_hash
+    from greenroom.tasks.rollback import RollbackRequest, create_rollback_task
+    from greenroom.workloads.models import Revision
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "model.onnx").write_bytes(b"weights")
+    revision = Revision(
+        id="r-ray",
+        deployment_id="d",
+        served_name="m1",
+        embedding_model_id="m1",
+        source=str(weights),
+        model_path=str(weights),
+        content_hash=content_hash(weights),
+        engine="onnx",
+        config={"additional_envs": {"OMP_NUM_THREADS": "1"}},
+        runtime="ray",
+        phase="Stopped",
+    )
+    db_session.add(revision)
+    db_session.flush()
+    request = RollbackRequest(embedding_model_id="m1", revision_id="r-ray")
+    allowed = ConfigPolicy.of(Settings(runtime="local", extra_runtimes="ray"))
+    task = create_rollback_task(db_session, request=request, policy=allowed)
+    assert task.status == "pending"
+    narrowed = ConfigPolicy.of(Settings(runtime="local"))
+    task = create_rollback_task(db_session, request=request, policy=narrowed)
+    assert task.status == "refused"
+    assert task.detail is not None and "'ray' is not enabled" in task.detail

@@ -115,6 +115,33 @@ def test_deploy_with_a_bad_body(client: TestClient, body: dict) -> None:
     assert isinstance(detail, list) and detail
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"embedding_model_id": "embed-deploy-123", "config": {"max_queue": 10**30}},
+        {"embedding_model_id": "embed-deploy-123", "config": {"max_batch_tokens": 1_048_577}},
+        {"embedding_model_id": "embed-deploy-123", "config": {"threads": 257}},
+        {"embedding_model_id": ".."},
+        {"embedding_model_id": "embed-deploy-12３"},
+    ],
+)
+def test_deploy_bounds_and_names(client: TestClient, body: dict) -> None:
+    post(client, "/deploy", body, 422)
+
+
+def test_a_runtime_the_server_does_not_enable_is_422(store: Store, tmp_path: Path) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "m1")
+    app = api_app(store, Settings(data_dir=tmp_path, runtime="local"), tasks_views.api_router)
+    with TestClient(app) as local_only:
+        body = {"embedding_model_id": "m1", "config": {"runtime": "ray"}}
+        detail = post(local_only, "/deploy", body, 422)["detail"]
+        assert "The runtime 'ray' is not enabled on this server" in detail
+        # the server's own runtime is always enabled
+        body = {"embedding_model_id": "m1", "config": {"runtime": "local"}}
+        assert post(local_only, "/deploy", body)["metadata"]["deployment_target"] == "local"
+
+
 def test_store_failures_are_500_with_the_contract_text(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,3 +266,23 @@ def test_views_work_without_signals(store: Store, tmp_path: Path) -> None:
     with TestClient(app) as test_client:
         task = post(test_client, "/deploy", {"embedding_model_id": "m1"})
     assert task["metadata"]["deployment_target"] == "local"
+
+
+def test_nul_bytes_are_422_not_a_store_error(client: TestClient) -> None:
+    """PostgreSQL cannot store NUL: each of these was a 500 there (issue 9 item 9)."""
+    for body in (
+        {"embedding_model_id": "embed-deploy-123", "id": "a\u0000b"},
+        {"embedding_model_id": "embed-deploy-123\u0000"},
+    ):
+        post(client, "/deploy", body, 422)
+    post(client, "/delete", {"embedding_model_id": "embed-deploy-123", "reason": "\u0000"}, 422)
+    body = {"embedding_model_id": "embed-deploy-123", "revision_id": "a\u0000b"}
+    post(client, "/rollback", body, 422)
+    for path in (
+        "/deploy/a%00b",
+        "/delete/a%00b",
+        "/deploy-status/a%00b",
+        "/tasks?embedding_model_id=%00",
+    ):
+        get(client, path, 422)
+    get(client, f"/deploy/{'x' * 256}", 422)

@@ -124,3 +124,25 @@ def test_a_revision_shows_what_runs(store: Store, workload: tuple[str, list[str]
     assert running.conditions[0].status == "True"
     assert retired.deletedAt is not None and retired.phase == "Stopped"
     assert retired.conditions[0].status == "False"
+
+
+def test_environment_values_are_masked_unless_revealed(
+    store: Store, workload: tuple[str, list[str]]
+) -> None:
+    """Issue 9 item 1: `environmentVariables` shows values only to a `deploy` caller."""
+    workload_id, [_, new] = workload
+    with store.session_scope() as session:
+        revision = session.get(Revision, new)
+        assert revision is not None
+        revision.config = {**revision.config, "additional_envs": {"OMP_NUM_THREADS": "3"}}
+    with store.session_scope() as session:
+        masked = service.get_revision_or_raise(session, revision_id=new, settings=SETTINGS)
+        shown = service.get_revision_or_raise(
+            session, revision_id=new, settings=SETTINGS, reveal_envs=True
+        )
+        listed = service.list_revisions(
+            session, workload_id=workload_id, deleted=False, settings=SETTINGS
+        )
+    assert masked.environmentVariables == {"OMP_NUM_THREADS": "***"}
+    assert listed[0].environmentVariables == {"OMP_NUM_THREADS": "***"}
+    assert shown.environmentVariables == {"OMP_NUM_THREADS": "3"}

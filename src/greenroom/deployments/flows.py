@@ -27,10 +27,15 @@ def create_deployment(
     deployment_in: DeploymentCreate,
     caller: deployments_service.Caller,
     deployment_target: str,
+    policy: deployments_service.ConfigPolicy = deployments_service.DEFAULT_POLICY,
 ) -> Deployment:
     """Version 1 (CREATED) and its deploy task."""
     deployment = deployments_service.create_deployment(
-        db_session, workspace=workspace, deployment_in=deployment_in, caller=caller
+        db_session,
+        workspace=workspace,
+        deployment_in=deployment_in,
+        caller=caller,
+        policy=policy,
     )
     _queue_rollout(
         db_session, deployment, initiated_by=caller.name, deployment_target=deployment_target
@@ -46,6 +51,7 @@ def create_deployment_version(
     deployment_in: DeploymentUpdate,
     caller: deployments_service.Caller,
     deployment_target: str,
+    policy: deployments_service.ConfigPolicy = deployments_service.DEFAULT_POLICY,
 ) -> Deployment:
     """The next version (PENDING) and its deploy task."""
     deployment = deployments_service.create_deployment_version(
@@ -54,6 +60,7 @@ def create_deployment_version(
         name=name,
         deployment_in=deployment_in,
         caller=caller,
+        policy=policy,
     )
     _queue_rollout(
         db_session, deployment, initiated_by=caller.name, deployment_target=deployment_target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -9,7 +10,32 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 
 from greenroom.config import Engine, Quantization, RuntimeTarget, default_threads
 from greenroom.deployments.models import Deployment, DeploymentConfig
+from greenroom.runtime.environment import ENV_NAME_PATTERN, MAX_ENV_VALUE_CHARS, MAX_ENV_VARS
 from greenroom.serving.models import LiveRevision
+
+# ----- executor settings: each bound is written once, here, and every model that carries the
+# setting (ExecutorConfig, ExecutorConfigUpdate, ConfigOverrides) annotates its field with it.
+
+GPU = Field(ge=0, le=16, description="GPUs per replica; 0 runs on the CPU")
+REPLICAS = Field(ge=1, le=64, description="replicas of a revision")
+MAX_BATCH_SIZE = Field(ge=1, le=2048, description="inputs per engine batch")
+MAX_BATCH_TOKENS = Field(ge=1, le=1_048_576, description="padded tokens per engine batch")
+MAX_QUEUE = Field(ge=1, le=65_536, description="inputs waiting per served name")
+THREADS = Field(ge=1, le=256, description="engine threads per replica")
+EnvName = Annotated[str, Field(pattern=rf"^{ENV_NAME_PATTERN.pattern}$")]
+EnvValue = Annotated[str, Field(max_length=MAX_ENV_VALUE_CHARS)]
+ADDITIONAL_ENVS = Field(
+    max_length=MAX_ENV_VARS,
+    description="replica environment variables; names from the server's allow-list "
+    "(thread, BLAS, ONNX Runtime and CUDA device variables, and GREENROOM_EXTRA_ENV_NAMES); "
+    "values are shown as *** to callers without the deploy scope",
+)
+RUNTIME = Field(
+    description="where the revision runs; absent: the server's default. Another runtime must "
+    "be enabled by the operator (GREENROOM_EXTRA_RUNTIMES)"
+)
+AdditionalEnvs = dict[EnvName, EnvValue]
+MASKED_VALUE = "***"
 
 
 class ExecutorConfig(BaseModel):
@@ -17,15 +43,15 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpu: int = Field(default=0, ge=0)
-    replicas: int = Field(default=1, ge=1, le=64)
+    gpu: Annotated[int, GPU] = 0
+    replicas: Annotated[int, REPLICAS] = 1
     quantization: Quantization = "none"
-    max_batch_size: int = Field(default=32, ge=1, le=2048)
-    max_batch_tokens: int = Field(default=8192, ge=1)
-    max_queue: int = Field(default=1024, ge=1)
-    threads: int = Field(default_factory=default_threads, ge=1, le=256)
-    runtime: RuntimeTarget | None = None
-    additional_envs: dict[str, str] = Field(default_factory=dict)
+    max_batch_size: Annotated[int, MAX_BATCH_SIZE] = 32
+    max_batch_tokens: Annotated[int, MAX_BATCH_TOKENS] = 8192
+    max_queue: Annotated[int, MAX_QUEUE] = 1024
+    threads: Annotated[int, THREADS] = Field(default_factory=default_threads)
+    runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
+    additional_envs: Annotated[AdditionalEnvs, ADDITIONAL_ENVS] = Field(default_factory=dict)
 
 
 class ServingSettings(ExecutorConfig):
@@ -36,19 +62,19 @@ class ServingSettings(ExecutorConfig):
 
 class ConfigOverrides(BaseModel):
     """Flat overrides of a deployment config (api/tasks.md `config`): `engine` is the config's
-    own field, the others live in its executor config. The bounds are ExecutorConfig's (a test
-    keeps them equal). A key given as null goes back to its default; a key left out is kept."""
+    own field, the others live in its executor config, with ExecutorConfig's bounds. A key
+    given as null goes back to its default; a key left out is kept."""
 
     model_config = ConfigDict(extra="forbid")
 
     engine: Engine | None = None
     quantization: Quantization | None = None
-    replicas: int | None = Field(default=None, ge=1, le=64)
-    max_batch_size: int | None = Field(default=None, ge=1, le=2048)
-    max_batch_tokens: int | None = Field(default=None, ge=1)
-    max_queue: int | None = Field(default=None, ge=1)
-    threads: int | None = Field(default=None, ge=1, le=256)
-    runtime: RuntimeTarget | None = None
+    replicas: Annotated[int | None, REPLICAS] = None
+    max_batch_size: Annotated[int | None, MAX_BATCH_SIZE] = None
+    max_batch_tokens: Annotated[int | None, MAX_BATCH_TOKENS] = None
+    max_queue: Annotated[int | None, MAX_QUEUE] = None
+    threads: Annotated[int | None, THREADS] = None
+    runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
 
     def as_dict(self) -> dict[str, Any]:
         """The overrides the caller gave, nulls included (they reset a key to its default)."""
@@ -56,6 +82,11 @@ class ConfigOverrides(BaseModel):
 
 
 OVERRIDE_KEYS = frozenset(ConfigOverrides.model_fields)
+
+
+def shown_envs(envs: Mapping[str, str], *, reveal: bool) -> dict[str, str]:
+    """`additional_envs` as a caller sees them: the values only with the `deploy` scope."""
+    return dict(envs) if reveal else dict.fromkeys(envs, MASKED_VALUE)
 
 
 def _rfc3339(value: datetime) -> str:
@@ -72,13 +103,23 @@ UtcDateTime = Annotated[
 
 # ----- the deployments API (api/deployments.md) --------------------------------------------------
 
-NAME_PATTERN = r"^[\w\-.]+$"
-PROJECT_PATTERN = r"^[\w\-./]+$"
+# A name (deployment, config, workspace, model id, each part of a project or served name):
+# ASCII letters, digits, `_`, `-` and `.`, but not `.` or `..` (no homoglyphs, nothing a path
+# could read as a parent). Written without look-arounds, which pydantic's regex engine lacks.
+NAME_PART = r"(?:\.*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})"
+NAME_PATTERN = rf"^{NAME_PART}$"
+PROJECT_PATTERN = rf"^{NAME_PART}(?:/{NAME_PART})*$"
+SERVED_NAME_PATTERN = rf"^(?:{NAME_PART}/)?{NAME_PART}$"  # `name` or `workspace/name`
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
 Project = Annotated[str, Field(min_length=1, max_length=255, pattern=PROJECT_PATTERN)]
-Description = Annotated[str, Field(max_length=1000)]
-StatusMessage = Annotated[str, Field(max_length=1000)]
-ModelProviderId = Annotated[str, Field(max_length=255)]
+# Free text: bounded, and without NUL, which PostgreSQL cannot store (a 500 otherwise).
+TEXT_PATTERN = r"^[^\x00]*$"
+Description = Annotated[str, Field(max_length=1000, pattern=TEXT_PATTERN)]
+StatusMessage = Annotated[str, Field(max_length=1000, pattern=TEXT_PATTERN)]
+ModelProviderId = Annotated[str, Field(max_length=255, pattern=TEXT_PATTERN)]
+# Versions are 32-bit in the store: larger numbers are refused before any query.
+MAX_VERSION = 2**31 - 1
+ConfigVersion = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 DeploymentStatusName = Literal[
     "UNKNOWN", "CREATED", "PENDING", "READY", "ERROR", "DELETING", "DELETED", "LOST"
 ]
@@ -90,7 +131,7 @@ class ModelSpec(BaseModel):
 
     model_type: Literal["embed"] = "embed"
     model_name: Name
-    model_revision: str | None = Field(default=None, max_length=64)
+    model_revision: str | None = Field(default=None, max_length=64, pattern=TEXT_PATTERN)
 
 
 class ModelSpecUpdate(BaseModel):
@@ -98,24 +139,24 @@ class ModelSpecUpdate(BaseModel):
 
     model_type: Literal["embed"] = "embed"
     model_name: Name | None = None
-    model_revision: str | None = Field(default=None, max_length=64)
+    model_revision: str | None = Field(default=None, max_length=64, pattern=TEXT_PATTERN)
 
 
 class ExecutorConfigUpdate(BaseModel):
     """Executor settings for a new config version: a key left out is kept, a key given as null
-    goes back to its default. The bounds are ExecutorConfig's (a test keeps them equal)."""
+    goes back to its default. The bounds are ExecutorConfig's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    gpu: int | None = Field(default=None, ge=0)
-    replicas: int | None = Field(default=None, ge=1, le=64)
+    gpu: Annotated[int | None, GPU] = None
+    replicas: Annotated[int | None, REPLICAS] = None
     quantization: Quantization | None = None
-    max_batch_size: int | None = Field(default=None, ge=1, le=2048)
-    max_batch_tokens: int | None = Field(default=None, ge=1)
-    max_queue: int | None = Field(default=None, ge=1)
-    threads: int | None = Field(default=None, ge=1, le=256)
-    runtime: RuntimeTarget | None = None
-    additional_envs: dict[str, str] | None = None
+    max_batch_size: Annotated[int | None, MAX_BATCH_SIZE] = None
+    max_batch_tokens: Annotated[int | None, MAX_BATCH_TOKENS] = None
+    max_queue: Annotated[int | None, MAX_QUEUE] = None
+    threads: Annotated[int | None, THREADS] = None
+    runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
+    additional_envs: Annotated[AdditionalEnvs | None, ADDITIONAL_ENVS] = None
 
 
 class ExecutorConfigRead(BaseModel):
@@ -184,13 +225,13 @@ class DeploymentConfigPage(BaseModel):
 class DeploymentCreate(BaseModel):
     name: Name
     config: Name
-    config_version: int | None = Field(default=None, ge=1)
+    config_version: ConfigVersion | None = None
     project: Project | None = None
 
 
 class DeploymentUpdate(BaseModel):
     config: Name
-    config_version: int | None = Field(default=None, ge=1)
+    config_version: ConfigVersion | None = None
 
 
 class DeploymentStatusUpdate(BaseModel):
@@ -251,7 +292,13 @@ class DeploymentPage(BaseModel):
     filter: dict[str, str]
 
 
-def config_read(config: DeploymentConfig) -> DeploymentConfigRead:
+def config_read(config: DeploymentConfig, *, reveal_envs: bool = False) -> DeploymentConfigRead:
+    """A config version as the API shows it; `additional_envs` values only with `reveal_envs`
+    (a caller with the `deploy` scope)."""
+    executor_config = dict(config.executor_config)
+    executor_config["additional_envs"] = shown_envs(
+        executor_config.get("additional_envs") or {}, reveal=reveal_envs
+    )
     return DeploymentConfigRead(
         id=config.id,
         name=config.name,
@@ -262,8 +309,11 @@ def config_read(config: DeploymentConfig) -> DeploymentConfigRead:
         created_at=config.created_at,
         updated_at=config.updated_at,
         engine=config.engine,  # type: ignore[arg-type]
-        model_spec=ModelSpec(model_name=config.model_name, model_revision=config.model_revision),
-        executor_config=ExecutorConfigRead.model_validate(config.executor_config),
+        # constructed, not validated: a name stored before the ASCII rule still reads
+        model_spec=ModelSpec.model_construct(
+            model_name=config.model_name, model_revision=config.model_revision
+        ),
+        executor_config=ExecutorConfigRead.model_validate(executor_config),
     )
 
 

@@ -13,7 +13,7 @@ written on one machine does not pin another's thread count). `ServingSettings.mo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,8 +22,10 @@ from sqlalchemy import Select, and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from greenroom.config import Settings
 from greenroom.deployments.models import Deployment, DeploymentConfig, served_name
 from greenroom.deployments.schemas import (
+    MAX_VERSION,
     OVERRIDE_KEYS,
     DeploymentConfigUpdate,
     DeploymentCreate,
@@ -31,7 +33,7 @@ from greenroom.deployments.schemas import (
     DeploymentUpdate,
     ServingSettings,
 )
-from greenroom.deployments.states import DeploymentStatus, set_status
+from greenroom.deployments.states import DELETION_STATUSES, DeploymentStatus, set_status
 from greenroom.errors import (
     ConflictError,
     InvalidRequestError,
@@ -39,6 +41,7 @@ from greenroom.errors import (
     NotFoundError,
 )
 from greenroom.registry.models import EmbeddingModel
+from greenroom.runtime.environment import ALLOWED_ENV_NAMES, env_problem
 from greenroom.serving.models import LiveRevision
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TERMINAL_TASK_STATUSES
@@ -48,6 +51,49 @@ DEFAULT_WORKSPACE = "default"
 DEFAULT_ENGINE = "onnx"
 Row = TypeVar("Row", DeploymentConfig, Deployment)
 KEEP: Any = object()  # an argument left as it is
+
+
+class RefusedConfigError(InvalidRequestError):
+    """A well-formed config that this server will not run (a runtime it does not enable, a
+    variable off the allow-list): 422, like every field the schemas refuse."""
+
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class ConfigPolicy:
+    """What a config may name on this server: the runtime targets it enables (its default and
+    `GREENROOM_EXTRA_RUNTIMES`) and the `additional_envs` names it allows (runtime/environment.py
+    and `GREENROOM_EXTRA_ENV_NAMES`). The default, for internal callers that write only default
+    settings, names no runtime and allows only the built-in variables."""
+
+    enabled_runtimes: frozenset[str] = frozenset()
+    allowed_env_names: frozenset[str] = ALLOWED_ENV_NAMES
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConfigPolicy:
+        return cls(settings.enabled_runtimes(), settings.allowed_env_names())
+
+    def problem(self, executor_config: Mapping[str, Any]) -> str | None:
+        """Why these executor settings may not run here (one sentence), or None."""
+        runtime = executor_config.get("runtime")
+        if runtime is not None and runtime not in self.enabled_runtimes:
+            enabled = ", ".join(sorted(self.enabled_runtimes)) or "none"
+            return (
+                f"The runtime '{runtime}' is not enabled on this server (enabled: {enabled}); "
+                "leave runtime unset, or ask the operator to add it to GREENROOM_EXTRA_RUNTIMES."
+            )
+        for name, value in (executor_config.get("additional_envs") or {}).items():
+            if problem := env_problem(name, value, self.allowed_env_names):
+                return problem
+        return None
+
+    def check(self, executor_config: Mapping[str, Any]) -> None:
+        if problem := self.problem(executor_config):
+            raise RefusedConfigError(problem)
+
+
+DEFAULT_POLICY = ConfigPolicy()
 
 
 # ----- configs -----------------------------------------------------------------------------------
@@ -116,6 +162,7 @@ def create_config(
     project: str | None = None,
     description: str | None = None,
     model_revision: str | None = None,
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> DeploymentConfig:
     """Version 1 of a config for a registered embedding model; `model_revision` is filled in
     with the model's content hash (a caller that names another hash is refused)."""
@@ -123,7 +170,7 @@ def create_config(
         raise ConflictError(f"Deployment config '{workspace}/{name}' already exists")
     model = _registered_model(db_session, model_name=model_name, model_revision=model_revision)
     engine, executor_config = validate_settings(
-        engine=engine, executor_config=executor_config or {}
+        engine=engine, executor_config=executor_config or {}, policy=policy
     )
     config = DeploymentConfig(
         workspace=workspace,
@@ -142,29 +189,45 @@ def create_config(
 
 
 def create_config_version(
-    db_session: Session, *, workspace: str, name: str, overrides: dict[str, Any]
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    overrides: dict[str, Any],
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> DeploymentConfig:
     """A new version: the latest with flat `overrides` applied (a null value resets a key to its
     default) and `model_revision` brought up to the model's current content hash."""
     latest = get_latest_config_or_raise(db_session, workspace=workspace, name=name)
-    engine, executor_config = apply_overrides(latest, overrides)
+    engine, executor_config = apply_overrides(latest, overrides, policy=policy)
     return _add_version(db_session, latest, engine=engine, executor_config=executor_config)
 
 
 def ensure_config_version(
-    db_session: Session, *, workspace: str, name: str, overrides: dict[str, Any]
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    overrides: dict[str, Any],
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> DeploymentConfig:
     """The config a deploy with these overrides uses: the latest version when they change
-    nothing, else a new version (`create_config_version`)."""
+    nothing, else a new version (`create_config_version`). Either way it must pass `policy`:
+    a config written before the operator narrowed it is not deployed either."""
     latest = get_latest_config_or_raise(db_session, workspace=workspace, name=name)
-    engine, executor_config = apply_overrides(latest, overrides)
+    engine, executor_config = apply_overrides(latest, overrides, policy=policy)
     if engine == latest.engine and executor_config == latest.executor_config:
         return latest
     return _add_version(db_session, latest, engine=engine, executor_config=executor_config)
 
 
 def update_config(
-    db_session: Session, *, workspace: str, name: str, config_in: DeploymentConfigUpdate
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    config_in: DeploymentConfigUpdate,
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> DeploymentConfig:
     """A new version (the deployments API): the latest with the fields given applied. Executor
     keys merge like the Tasks API's overrides (left out: kept; null: the default); a model spec
@@ -179,7 +242,7 @@ def update_config(
     )
     if "engine" in given:
         overrides["engine"] = config_in.engine
-    engine, executor_config = merge_settings(latest, overrides)
+    engine, executor_config = merge_settings(latest, overrides, policy=policy)
     spec = config_in.model_spec
     model = _registered_model(
         db_session,
@@ -202,7 +265,7 @@ def update_config(
 
 
 def apply_overrides(
-    config: DeploymentConfig, overrides: dict[str, Any]
+    config: DeploymentConfig, overrides: dict[str, Any], *, policy: ConfigPolicy = DEFAULT_POLICY
 ) -> tuple[str, dict[str, Any]]:
     """The engine and executor config that `config` becomes with the Tasks API's flat
     `overrides`, validated."""
@@ -212,11 +275,11 @@ def apply_overrides(
             f"Unknown deployment config key(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(OVERRIDE_KEYS))}"
         )
-    return merge_settings(config, overrides)
+    return merge_settings(config, overrides, policy=policy)
 
 
 def merge_settings(
-    config: DeploymentConfig, overrides: dict[str, Any]
+    config: DeploymentConfig, overrides: dict[str, Any], *, policy: ConfigPolicy = DEFAULT_POLICY
 ) -> tuple[str, dict[str, Any]]:
     """`config`'s engine and executor config with `overrides` applied (a null value resets a
     key to its default), validated."""
@@ -229,7 +292,7 @@ def merge_settings(
             executor_config.pop(key, None)
         else:
             executor_config[key] = value
-    return validate_settings(engine=engine, executor_config=executor_config)
+    return validate_settings(engine=engine, executor_config=executor_config, policy=policy)
 
 
 def delete_config(
@@ -311,13 +374,16 @@ def delete_configs_of_model(db_session: Session, *, model_name: str) -> int:
 
 
 def validate_settings(
-    *, engine: str, executor_config: dict[str, Any]
+    *, engine: str, executor_config: dict[str, Any], policy: ConfigPolicy = DEFAULT_POLICY
 ) -> tuple[str, dict[str, Any]]:
-    """Check an engine and executor config against ServingSettings; the stored form back."""
+    """Check an engine and executor config against ServingSettings (400) and what this server
+    lets a config name (`policy`, 422); the stored form back. Every config written by a caller
+    passes here."""
     try:
         settings = ServingSettings.model_validate({**executor_config, "engine": engine})
     except ValidationError as exc:
         raise InvalidRequestError(f"Invalid deployment config: {_describe(exc)}") from exc
+    policy.check(executor_config)
     stored = settings.model_dump(mode="json", exclude={"engine"})
     if "threads" not in settings.model_fields_set:
         stored.pop("threads")
@@ -436,10 +502,16 @@ class Page(Generic[Row]):
 
 
 def parse_version(value: str) -> int:
-    """A version number from a path or query string (400 unless a positive integer)."""
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidRequestError(f"Invalid version '{value}': must be a positive integer")
-    return int(value)
+    """A version number from a path or query string: 400 unless ASCII digits naming 1 to
+    MAX_VERSION (`str.isdigit` alone lets `²` through to `int`, and a huge number would reach
+    the database)."""
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    digits = value.lstrip("0")
+    if not (value.isascii() and value.isdigit()) or not digits:
+        raise InvalidRequestError(f"Invalid version '{shown}': must be a positive integer")
+    if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
+        raise InvalidRequestError(f"Invalid version '{shown}': must be at most {MAX_VERSION}")
+    return int(digits)
 
 
 def latest_versions(model: type[Row], *, workspace: str) -> Select[tuple[Row]]:
@@ -630,15 +702,24 @@ def auth_context(caller: Caller) -> dict[str, Any]:
 
 
 def resolve_config(
-    db_session: Session, *, workspace: str, name: str, version: int | None
+    db_session: Session,
+    *,
+    workspace: str,
+    name: str,
+    version: int | None,
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> DeploymentConfig:
     """The config version a deployment version will run: the latest unless one is named; 400
-    when it does not exist."""
+    when it does not exist or holds values out of today's bounds, 422 when it names what
+    `policy` does not allow (a config written before the bounds or the operator narrowed)."""
     if version is None:
         config = get_latest_config(db_session, workspace=workspace, name=name)
     else:
         config = get_config(db_session, workspace=workspace, name=name, version=version)
     if config is not None:
+        validate_settings(
+            engine=config.engine, executor_config=config.executor_config, policy=policy
+        )
         return config
     if version is not None and get_latest_config(db_session, workspace=workspace, name=name):
         raise InvalidRequestError(
@@ -648,7 +729,12 @@ def resolve_config(
 
 
 def create_deployment(
-    db_session: Session, *, workspace: str, deployment_in: DeploymentCreate, caller: Caller
+    db_session: Session,
+    *,
+    workspace: str,
+    deployment_in: DeploymentCreate,
+    caller: Caller,
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> Deployment:
     """Version 1 of a new deployment, CREATED (the caller queues its deploy task)."""
     name = deployment_in.name
@@ -660,6 +746,7 @@ def create_deployment(
         workspace=workspace,
         name=deployment_in.config,
         version=deployment_in.config_version,
+        policy=policy,
     )
     deployment = Deployment(
         workspace=workspace,
@@ -684,6 +771,7 @@ def create_deployment_version(
     name: str,
     deployment_in: DeploymentUpdate,
     caller: Caller,
+    policy: ConfigPolicy = DEFAULT_POLICY,
 ) -> Deployment:
     """The next version of a deployment, PENDING (the caller queues its deploy task). Refused
     (409) while the deployment is being deleted: the delete would take the new version too."""
@@ -698,6 +786,7 @@ def create_deployment_version(
         workspace=workspace,
         name=deployment_in.config,
         version=deployment_in.config_version,
+        policy=policy,
     )
     deployment = Deployment(
         id=latest.id,
@@ -725,14 +814,21 @@ def update_status(
     status_in: DeploymentStatusUpdate,
 ) -> Deployment:
     """A controller's status of a version (the latest unless one is named), through the same
-    rules as every status change; 409 when they refuse it."""
+    rules as every status change; 409 when they refuse it. A controller cannot report a version
+    DELETING or DELETED while something of it runs or may soon (the store would then disagree
+    with what runs, and a DELETE would remove the records of a revision that still serves):
+    only a DELETE, whose delete task withdraws the replicas, gets it there."""
     if version is None:
         deployment = get_latest_deployment_or_raise(db_session, workspace=workspace, name=name)
     else:
         deployment = get_deployment_or_raise(
             db_session, workspace=workspace, name=name, version=version
         )
-    change = set_status(deployment, DeploymentStatus(status_in.status), status_in.status_message)
+    to = DeploymentStatus(status_in.status)
+    runs = to in DELETION_STATUSES and Activity.load(
+        db_session, served=deployment.served_name
+    ).may_run(db_session, deployment)
+    change = set_status(deployment, to, status_in.status_message, runs=runs)
     if not change.accepted:
         raise InvalidTransitionError(change.reason)
     provider = status_in.model_provider_id
@@ -747,9 +843,10 @@ def update_status(
 
 @dataclass(frozen=True)
 class Deletion:
-    """What a DELETE did. `removed`: every targeted version was already DELETED and its record
-    is gone (204). Otherwise `deployment` is the targeted (or latest) version, now DELETING or
-    DELETED (202), and `needs_delete_task` says the served name's delete task must be queued."""
+    """What a DELETE did. `removed`: every targeted version was DELETED, nothing of it runs any
+    more, and its record is gone (204). Otherwise `deployment` is the targeted (or latest)
+    version, now DELETING or DELETED (202), and `needs_delete_task` says the served name's
+    delete task must be queued."""
 
     removed: bool
     deployment: Deployment | None = None
@@ -760,6 +857,7 @@ class Deletion:
 class Activity:
     """What runs under a served name: its live pointer and its unfinished tasks."""
 
+    served: str
     live: LiveRevision | None
     unfinished: list[Task]
 
@@ -771,7 +869,7 @@ class Activity:
                 Task.status.not_in([status.value for status in TERMINAL_TASK_STATUSES]),
             )
         )
-        return cls(live=db_session.get(LiveRevision, served), unfinished=list(tasks))
+        return cls(served=served, live=db_session.get(LiveRevision, served), unfinished=list(tasks))
 
     @property
     def delete_task_unfinished(self) -> bool:
@@ -786,9 +884,19 @@ class Activity:
         if any(_names_revision(task, revision_id) for task in self.unfinished):
             return True
         revision = db_session.get(Revision, revision_id)
-        return revision is not None and bool(
-            revision.desired_replicas or revision.ready_replicas or revision.replicas
-        )
+        return revision is not None and _has_replicas(revision)
+
+    def withdrawn(self, db_session: Session) -> bool:
+        """Whether the runtime has withdrawn everything of the served name: no live pointer, no
+        unfinished task, no revision of it with replicas wanted or reported."""
+        if self.live is not None or self.unfinished:
+            return False
+        revisions = db_session.scalars(select(Revision).where(Revision.served_name == self.served))
+        return not any(_has_replicas(revision) for revision in revisions)
+
+
+def _has_replicas(revision: Revision) -> bool:
+    return bool(revision.desired_replicas or revision.ready_replicas or revision.replicas)
 
 
 def _names_revision(task: Task, revision_id: str) -> bool:
@@ -802,11 +910,14 @@ def delete_deployment(
     """DELETE of a deployment (every version) or of one version.
 
     First, versions left DELETING by an earlier delete whose task has ended and of which
-    nothing runs become DELETED. Then: if every targeted version is DELETED, their records are
-    removed (after that of every version, the name is free). Otherwise each targeted version
-    that runs or may soon (and, for a whole deployment, its latest version) becomes DELETING
-    and the served name's delete task is needed (unless one is under way); any other becomes
-    DELETED at once: nothing of it runs."""
+    nothing runs become DELETED. Then: if every targeted version is DELETED and the runtime has
+    withdrawn what they ran (for a whole deployment: everything of the served name), their
+    records are removed (after that of every version, the name is free). While a delete task is
+    under way nothing changes. Otherwise each targeted version that runs or may soon (and, for
+    a whole deployment, its latest version unless it is DELETED with everything withdrawn)
+    becomes DELETING and the served name's delete task is needed; any other becomes DELETED at
+    once: nothing of it runs. So records never go while the runtime still serves them, even
+    when a version says DELETED."""
     versions = list_deployment_versions(db_session, workspace=workspace, name=name)
     if version is None:
         if not versions:
@@ -818,24 +929,27 @@ def delete_deployment(
         ]
     activity = Activity.load(db_session, served=served_name(workspace, name))
     settle_deleted(db_session, versions=versions, activity=activity)
+    whole = version is None
+    withdrawn = activity.withdrawn(db_session)
     if all(target.status == DeploymentStatus.DELETED for target in targets):
-        for target in targets:
-            db_session.delete(target)
-        db_session.flush()
-        return Deletion(removed=True)
+        if withdrawn or not (whole or activity.may_run(db_session, targets[0])):
+            for target in targets:
+                db_session.delete(target)
+            db_session.flush()
+            return Deletion(removed=True)
+        if activity.delete_task_unfinished:  # it withdraws the rest; a later DELETE removes
+            return Deletion(removed=False, deployment=targets[0])
     deleting = False
     for target in targets:
-        if target.status == DeploymentStatus.DELETED:
-            continue
-        whole_latest = version is None and target is versions[0]
+        latest_of_whole = whole and target is versions[0]
         if (
             target.status == DeploymentStatus.DELETING
-            or whole_latest
             or activity.may_run(db_session, target)
+            or (latest_of_whole and not (target.status == DeploymentStatus.DELETED and withdrawn))
         ):
             set_status(target, DeploymentStatus.DELETING, "Deployment is being deleted")
             deleting = True
-        else:
+        elif target.status != DeploymentStatus.DELETED:
             set_status(target, DeploymentStatus.DELETED, "Deployment deleted")
     db_session.flush()
     return Deletion(

@@ -2,7 +2,10 @@
 
 Rules (api/deployments.md): status, message and history belong to a version; an update that
 changes neither status nor message writes nothing; the history gets the new entry (adjacent
-duplicates collapse, the first timestamp wins; the last 100 are kept); from DELETING only DELETED.
+duplicates collapse, the first timestamp wins; the last 100 are kept). Which changes are allowed
+is `refusal`'s one rule set: from DELETING only DELETED; and a version of which something runs
+or may soon is not reported DELETING or DELETED (a controller's update says whether it runs;
+the system's own deletion moves the status itself, as it withdraws the replicas).
 """
 
 from __future__ import annotations
@@ -34,21 +37,32 @@ class StatusChange:
     reason: str = ""
 
 
-def refuse_leaving_deleting(current: DeploymentStatus, to: DeploymentStatus) -> str | None:
-    """A version marked for deletion may only become DELETED."""
-    leaving = to not in (DeploymentStatus.DELETING, DeploymentStatus.DELETED)
-    if current is DeploymentStatus.DELETING and leaving:
-        return (
-            "Deployment is marked for deletion (DELETING). Only transition to DELETED is allowed."
-        )
+DELETION_STATUSES = frozenset({DeploymentStatus.DELETING, DeploymentStatus.DELETED})
+LEAVING_DELETING = (
+    "Deployment is marked for deletion (DELETING). Only transition to DELETED is allowed."
+)
+STILL_RUNS = (
+    "The deployment version still runs or is about to (it is live, has replicas, or a task "
+    "names it), so it cannot be {status}; delete it with DELETE, whose delete task withdraws it."
+)
+
+
+def refusal(current: DeploymentStatus, to: DeploymentStatus, *, runs: bool = False) -> str | None:
+    """Why a version may not go from `current` to `to` (one sentence), or None. `runs`: whether
+    something of the version runs or may soon, when the caller (a controller's update) asks."""
+    if current is DeploymentStatus.DELETING and to not in DELETION_STATUSES:
+        return LEAVING_DELETING
+    if runs and to in DELETION_STATUSES and to is not current:
+        return STILL_RUNS.format(status=to.value)
     return None
 
 
 def set_status(
-    deployment: Deployment, to: DeploymentStatus, message: str | None = None
+    deployment: Deployment, to: DeploymentStatus, message: str | None = None, *, runs: bool = False
 ) -> StatusChange:
+    """Apply a status change if `refusal` allows it (`runs`: see there)."""
     current = DeploymentStatus(deployment.status or DeploymentStatus.UNKNOWN)
-    if reason := refuse_leaving_deleting(current, to):
+    if reason := refusal(current, to, runs=runs):
         return StatusChange(False, reason=reason)
     if current is to and deployment.status_message == message:
         return StatusChange(True, changed=False)

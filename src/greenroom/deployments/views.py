@@ -12,15 +12,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import WithJsonSchema
 from sqlalchemy.orm import Session
 
 from greenroom.auth.deps import CurrentPrincipal
+from greenroom.auth.scopes import Scope
 from greenroom.auth.service import Principal
 from greenroom.config import Settings
 from greenroom.deployments import flows as deployments_flows
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.models import Deployment
 from greenroom.deployments.schemas import (
+    MAX_VERSION,
     NAME_PATTERN,
     PROJECT_PATTERN,
     DeploymentConfigCreate,
@@ -43,10 +46,25 @@ api_router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}", tags=["d
 
 Workspace = Annotated[str, Path(max_length=255, pattern=NAME_PATTERN)]
 Name = Annotated[str, Path(max_length=255, pattern=NAME_PATTERN)]
-Page = Annotated[int, Query(ge=1)]
+MAX_PAGE = 1_000_000
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PageSize = Annotated[int, Query(ge=1, le=1000)]
+# A version is read as text and parsed by `parse_version`, so that anything but 1 to
+# MAX_VERSION is the contract's 400; the OpenAPI document shows the integer it must be.
+VERSION_SCHEMA = WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_VERSION})
+Version = Annotated[str, VERSION_SCHEMA, Path(description="a version number")]
+VersionQuery = Annotated[
+    str | None, VERSION_SCHEMA, Query(description="a version number; absent: the latest")
+]
 FilterName = Annotated[str | None, Query(max_length=255, pattern=NAME_PATTERN)]
 FilterProject = Annotated[str | None, Query(max_length=255, pattern=PROJECT_PATTERN)]
+
+
+# The errors a route answers besides those of its kind (greenroom.openapi adds those, and the
+# descriptions and bodies): 400 a refused value the service finds, 409 a conflict.
+INVALID: dict[int | str, dict[str, Any]] = {400: {}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {}}
+INVALID_OR_CONFLICT = INVALID | CONFLICT
 
 
 def _sort_pattern(fields: tuple[str, ...]) -> str:
@@ -66,6 +84,7 @@ DeploymentSort = Annotated[
 def list_configs(
     workspace: Workspace,
     db_session: DbSession,
+    principal: CurrentPrincipal,
     page: Page = 1,
     page_size: PageSize = 100,
     sort: ConfigSort = "created_at",
@@ -83,7 +102,7 @@ def list_configs(
         filters=filters,
     )
     return DeploymentConfigPage(
-        data=[config_read(config) for config in result.items],
+        data=[config_read(config, reveal_envs=_reveals_envs(principal)) for config in result.items],
         pagination=_pagination(result),
         sort=sort,
         filter=filters,
@@ -94,9 +113,14 @@ def list_configs(
     "/deployment-configs",
     status_code=HTTPStatus.CREATED,
     response_model=DeploymentConfigRead,
+    responses=INVALID_OR_CONFLICT,
 )
 def create_config(
-    workspace: Workspace, config_in: DeploymentConfigCreate, db_session: DbSession
+    workspace: Workspace,
+    config_in: DeploymentConfigCreate,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
     executor_config = config_in.executor_config.model_dump(mode="json", exclude_none=True)
     config = deployments_service.create_config(
@@ -109,31 +133,40 @@ def create_config(
         executor_config=executor_config,
         project=config_in.project,
         description=config_in.description,
+        policy=_policy(request),
     )
-    return config_read(config)
+    return config_read(config, reveal_envs=_reveals_envs(principal))
 
 
 @api_router.get("/deployment-configs/{name}", response_model=DeploymentConfigRead)
-def get_config(workspace: Workspace, name: Name, db_session: DbSession) -> DeploymentConfigRead:
+def get_config(
+    workspace: Workspace, name: Name, db_session: DbSession, principal: CurrentPrincipal
+) -> DeploymentConfigRead:
     config = deployments_service.get_latest_config_or_raise(
         db_session, workspace=workspace, name=name
     )
-    return config_read(config)
+    return config_read(config, reveal_envs=_reveals_envs(principal))
 
 
 @api_router.get("/deployment-configs/{name}/versions", response_model=list[DeploymentConfigRead])
 def list_config_versions(
-    workspace: Workspace, name: Name, db_session: DbSession
+    workspace: Workspace, name: Name, db_session: DbSession, principal: CurrentPrincipal
 ) -> list[DeploymentConfigRead]:
     versions = deployments_service.list_config_versions(db_session, workspace=workspace, name=name)
-    return [config_read(config) for config in versions]
+    return [config_read(config, reveal_envs=_reveals_envs(principal)) for config in versions]
 
 
 @api_router.get(
-    "/deployment-configs/{name}/versions/{version}", response_model=DeploymentConfigRead
+    "/deployment-configs/{name}/versions/{version}",
+    response_model=DeploymentConfigRead,
+    responses=INVALID,
 )
 def get_config_version(
-    workspace: Workspace, name: Name, version: str, db_session: DbSession
+    workspace: Workspace,
+    name: Name,
+    version: Version,
+    db_session: DbSession,
+    principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
     config = deployments_service.get_config_or_raise(
         db_session,
@@ -141,34 +174,48 @@ def get_config_version(
         name=name,
         version=deployments_service.parse_version(version),
     )
-    return config_read(config)
+    return config_read(config, reveal_envs=_reveals_envs(principal))
 
 
 @api_router.post(
     "/deployment-configs/{name}",
     status_code=HTTPStatus.CREATED,
     response_model=DeploymentConfigRead,
+    responses=INVALID_OR_CONFLICT,
 )
 def update_config(
-    workspace: Workspace, name: Name, config_in: DeploymentConfigUpdate, db_session: DbSession
+    workspace: Workspace,
+    name: Name,
+    config_in: DeploymentConfigUpdate,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
     config = deployments_service.update_config(
-        db_session, workspace=workspace, name=name, config_in=config_in
+        db_session,
+        workspace=workspace,
+        name=name,
+        config_in=config_in,
+        policy=_policy(request),
     )
-    return config_read(config)
+    return config_read(config, reveal_envs=_reveals_envs(principal))
 
 
-@api_router.delete("/deployment-configs/{name}", status_code=HTTPStatus.NO_CONTENT)
+@api_router.delete(
+    "/deployment-configs/{name}", status_code=HTTPStatus.NO_CONTENT, responses=CONFLICT
+)
 def delete_config(workspace: Workspace, name: Name, db_session: DbSession) -> Response:
     deployments_service.delete_config(db_session, workspace=workspace, name=name)
     return Response(status_code=HTTPStatus.NO_CONTENT)
 
 
 @api_router.delete(
-    "/deployment-configs/{name}/versions/{version}", status_code=HTTPStatus.NO_CONTENT
+    "/deployment-configs/{name}/versions/{version}",
+    status_code=HTTPStatus.NO_CONTENT,
+    responses=INVALID_OR_CONFLICT,
 )
 def delete_config_version(
-    workspace: Workspace, name: Name, version: str, db_session: DbSession
+    workspace: Workspace, name: Name, version: Version, db_session: DbSession
 ) -> Response:
     deployments_service.delete_config(
         db_session,
@@ -213,7 +260,12 @@ def list_deployments(
     )
 
 
-@api_router.post("/deployments", status_code=HTTPStatus.CREATED, response_model=DeploymentRead)
+@api_router.post(
+    "/deployments",
+    status_code=HTTPStatus.CREATED,
+    response_model=DeploymentRead,
+    responses=INVALID_OR_CONFLICT,
+)
 def create_deployment(
     workspace: Workspace,
     deployment_in: DeploymentCreate,
@@ -227,6 +279,7 @@ def create_deployment(
         deployment_in=deployment_in,
         caller=caller(principal),
         deployment_target=_settings(request).runtime,
+        policy=_policy(request),
     )
     notify_workers_after_commit(request, db_session)
     return _deployment_read(db_session, deployment)
@@ -250,9 +303,11 @@ def list_deployment_versions(
     return _deployment_reads(db_session, versions)
 
 
-@api_router.get("/deployments/{name}/versions/{version}", response_model=DeploymentRead)
+@api_router.get(
+    "/deployments/{name}/versions/{version}", response_model=DeploymentRead, responses=INVALID
+)
 def get_deployment_version(
-    workspace: Workspace, name: Name, version: str, db_session: DbSession
+    workspace: Workspace, name: Name, version: Version, db_session: DbSession
 ) -> DeploymentRead:
     deployment = deployments_service.get_deployment_or_raise(
         db_session,
@@ -264,7 +319,10 @@ def get_deployment_version(
 
 
 @api_router.post(
-    "/deployments/{name}", status_code=HTTPStatus.CREATED, response_model=DeploymentRead
+    "/deployments/{name}",
+    status_code=HTTPStatus.CREATED,
+    response_model=DeploymentRead,
+    responses=INVALID_OR_CONFLICT,
 )
 def create_deployment_version(
     workspace: Workspace,
@@ -281,18 +339,21 @@ def create_deployment_version(
         deployment_in=deployment_in,
         caller=caller(principal),
         deployment_target=_settings(request).runtime,
+        policy=_policy(request),
     )
     notify_workers_after_commit(request, db_session)
     return _deployment_read(db_session, deployment)
 
 
-@api_router.post("/deployments/{name}/status", response_model=DeploymentRead)
+@api_router.post(
+    "/deployments/{name}/status", response_model=DeploymentRead, responses=INVALID_OR_CONFLICT
+)
 def update_deployment_status(
     workspace: Workspace,
     name: Name,
     status_in: DeploymentStatusUpdate,
     db_session: DbSession,
-    version: str | None = None,
+    version: VersionQuery = None,
 ) -> DeploymentRead:
     deployment = deployments_service.update_status(
         db_session,
@@ -333,12 +394,12 @@ def delete_deployment(
     "/deployments/{name}/versions/{version}",
     response_model=None,
     status_code=HTTPStatus.ACCEPTED,
-    responses=DELETE_RESPONSES,
+    responses=DELETE_RESPONSES | INVALID,
 )
 def delete_deployment_version(
     workspace: Workspace,
     name: Name,
-    version: str,
+    version: Version,
     db_session: DbSession,
     request: Request,
     principal: CurrentPrincipal,
@@ -410,3 +471,13 @@ def _given(**filters: str | None) -> dict[str, str]:
 def _settings(request: Request) -> Settings:
     settings = getattr(request.app.state, "settings", None)
     return settings if settings is not None else Settings()
+
+
+def _policy(request: Request) -> deployments_service.ConfigPolicy:
+    """What configs written or deployed through this server may name."""
+    return deployments_service.ConfigPolicy.of(_settings(request))
+
+
+def _reveals_envs(principal: Principal) -> bool:
+    """`additional_envs` values are shown only to callers that may write them."""
+    return principal.allows(Scope.DEPLOY)

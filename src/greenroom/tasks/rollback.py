@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from greenroom.deployments.schemas import TEXT_PATTERN
+from greenroom.deployments.service import ConfigPolicy
 from greenroom.errors import ModelSourceError, NotFoundError
 from greenroom.registry.weights import content_hash
 from greenroom.serving.models import LiveRevision
@@ -28,7 +30,7 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     embedding_model_id: ServedName
-    revision_id: str | None = None
+    revision_id: str | None = Field(default=None, min_length=1, max_length=36, pattern=TEXT_PATTERN)
     allow_embedding_space_change: bool = Field(
         default=False, description="the earlier revision's vectors may differ from the live ones"
     )
@@ -38,9 +40,12 @@ def create_rollback_task(
     db_session: Session,
     *,
     request: RollbackRequest,
+    policy: ConfigPolicy,
     initiated_by: str = "admin",
     deployment_target: str = "local",
 ) -> Task:
+    """The rollback's deploy task, stored `refused` when its target cannot come back: weights
+    changed, or settings this server no longer allows (`policy`: its runtime, its variables)."""
     name = tasks_service.canonical(request.embedding_model_id)
     target = _target(db_session, name=name, revision_id=request.revision_id)
     metadata: dict[str, Any] = {
@@ -54,7 +59,9 @@ def create_rollback_task(
     task = tasks_service.new_task(
         db_session, kind=TaskKind.DEPLOY, name=name, body=body, metadata=metadata
     )
-    if reason := weights_changed(target):
+    if reason := weights_changed(target) or policy.problem(
+        {**target.config, "runtime": target.runtime}
+    ):
         transition(task, TaskStatus.REFUSED, reason=reason)
     return task
 

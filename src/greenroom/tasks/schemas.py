@@ -13,7 +13,12 @@ from pydantic import (
     model_serializer,
 )
 
-from greenroom.deployments.schemas import ConfigOverrides, UtcDateTime
+from greenroom.deployments.schemas import (
+    SERVED_NAME_PATTERN,
+    TEXT_PATTERN,
+    ConfigOverrides,
+    UtcDateTime,
+)
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
 
@@ -28,13 +33,14 @@ ServedName = Annotated[
     Field(
         min_length=1,
         max_length=511,
+        pattern=SERVED_NAME_PATTERN,
         validation_alias=AliasChoices("embedding_model_id", "model_id"),
         description="a registered embedding model's id, or `workspace/name` of a deployment",
     ),
 ]
 # Used verbatim as the task's id (deploy and delete share one id space): an idempotency key. It
 # must fit in a URL path segment, so no `/`.
-ClientTaskId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/]+$")]
+ClientTaskId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\x00]+$")]
 
 
 class ModelDeploymentRequest(BaseModel):
@@ -49,7 +55,7 @@ class ModelDeploymentRequest(BaseModel):
 class ModelDeletionRequest(BaseModel):
     embedding_model_id: ServedName
     id: ClientTaskId | None = None
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=1000, pattern=TEXT_PATTERN)
 
 
 class TaskResponse(BaseModel):

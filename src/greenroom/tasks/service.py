@@ -106,10 +106,12 @@ def create_deploy_task(
     request: ModelDeploymentRequest,
     initiated_by: str = "admin",
     deployment_target: str = "local",
+    policy: deployments_service.ConfigPolicy = deployments_service.DEFAULT_POLICY,
 ) -> Task:
     """A pending deploy task (or the existing one of the same id and body). Config overrides are
     stored first, as a new version of the deployment's config (none when they change nothing);
-    `deployment_target` is the server's runtime, unless the config names one."""
+    `deployment_target` is the server's runtime, unless the config names one. The config
+    deployed must pass `policy` (422: a runtime or variable this server does not allow)."""
     name = canonical(request.embedding_model_id)
     overrides = request.config.as_dict() if request.config is not None else {}
     body = {
@@ -124,7 +126,7 @@ def create_deploy_task(
 
     def build() -> Task:
         config = deployments_service.ensure_config_version(
-            db_session, workspace=workspace, name=config_name, overrides=overrides
+            db_session, workspace=workspace, name=config_name, overrides=overrides, policy=policy
         )
         metadata = deploy_metadata(
             config,

@@ -6,12 +6,14 @@ Thin views: parse, call one service function, shape the response. Workers are wo
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from greenroom.auth.deps import CurrentPrincipal
 from greenroom.config import Settings
+from greenroom.deployments.schemas import TEXT_PATTERN
+from greenroom.deployments.service import ConfigPolicy
 from greenroom.deps import DbSession, notify_workers_after_commit
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.rollback import RollbackRequest, create_rollback_task
@@ -25,8 +27,21 @@ from greenroom.tasks.schemas import (
 
 api_router = APIRouter(prefix="/internal/inference-deployment", tags=["tasks"])
 
+# The errors a route answers besides those of its kind (greenroom.openapi adds those): 400 a
+# stored config over today's bounds, 404 an unknown model or revision in the body, 409 a
+# conflict, 500 a task the store could not take.
+DELETE_ERRORS: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 500: {}}
+DEPLOY_ERRORS = DELETE_ERRORS | {400: {}}
+UNKNOWN: dict[int | str, dict[str, Any]] = {404: {}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {}}
 
-@api_router.post("/deploy", response_model=ModelDeploymentResponse)
+# Looked up as given (an unknown one is the contract's 404), bounded like what is stored.
+TaskId = Annotated[str, Path(max_length=255, pattern=TEXT_PATTERN)]
+ServedNamePath = Annotated[str, Path(max_length=511, pattern=TEXT_PATTERN)]
+ServedNameQuery = Annotated[str | None, Query(max_length=511, pattern=TEXT_PATTERN)]
+
+
+@api_router.post("/deploy", response_model=ModelDeploymentResponse, responses=DEPLOY_ERRORS)
 def deploy(
     body: ModelDeploymentRequest,
     db_session: DbSession,
@@ -38,12 +53,13 @@ def deploy(
         request=body,
         initiated_by=principal.name,
         deployment_target=_settings(request).runtime,
+        policy=ConfigPolicy.of(_settings(request)),
     )
     notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
 
 
-@api_router.post("/rollback", response_model=ModelDeploymentResponse)
+@api_router.post("/rollback", response_model=ModelDeploymentResponse, responses=UNKNOWN)
 def rollback(
     body: RollbackRequest,
     db_session: DbSession,
@@ -56,20 +72,21 @@ def rollback(
         request=body,
         initiated_by=principal.name,
         deployment_target=_settings(request).runtime,
+        policy=ConfigPolicy.of(_settings(request)),
     )
     notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
 
 
 @api_router.get("/deploy/{task_id}", response_model=ModelDeploymentResponse)
-def get_deploy_task(task_id: str, db_session: DbSession) -> ModelDeploymentResponse:
+def get_deploy_task(task_id: TaskId, db_session: DbSession) -> ModelDeploymentResponse:
     task = tasks_service.get_or_raise(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
     return ModelDeploymentResponse.from_task(task)
 
 
 @api_router.get("/deploy-status/{embedding_model_id:path}", response_model=ModelDeploymentResponse)
 def get_latest_deploy_task(
-    embedding_model_id: str, db_session: DbSession
+    embedding_model_id: ServedNamePath, db_session: DbSession
 ) -> ModelDeploymentResponse:
     task = tasks_service.get_latest_or_raise(
         db_session, embedding_model_id=embedding_model_id, kind=TaskKind.DEPLOY
@@ -77,9 +94,11 @@ def get_latest_deploy_task(
     return ModelDeploymentResponse.from_task(task)
 
 
-@api_router.post("/deploy/{task_id}/cancel", response_model=ModelDeploymentResponse)
+@api_router.post(
+    "/deploy/{task_id}/cancel", response_model=ModelDeploymentResponse, responses=CONFLICT
+)
 def cancel_deploy_task(
-    task_id: str, db_session: DbSession, request: Request
+    task_id: TaskId, db_session: DbSession, request: Request
 ) -> ModelDeploymentResponse:
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DEPLOY)
     notify_workers_after_commit(request, db_session)
@@ -89,7 +108,7 @@ def cancel_deploy_task(
 @api_router.get("/tasks", response_model=list[ModelDeploymentResponse])
 def list_tasks(
     db_session: DbSession,
-    embedding_model_id: str | None = None,
+    embedding_model_id: ServedNameQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> list[ModelDeploymentResponse]:
     """Recent tasks of every kind, newest first (greenroom's addition, for `greenroom tasks`)."""
@@ -99,7 +118,7 @@ def list_tasks(
     return [ModelDeploymentResponse.from_task(task) for task in tasks]
 
 
-@api_router.post("/delete", response_model=ModelDeletionResponse)
+@api_router.post("/delete", response_model=ModelDeletionResponse, responses=DELETE_ERRORS)
 def delete(
     body: ModelDeletionRequest,
     db_session: DbSession,
@@ -112,22 +131,26 @@ def delete(
 
 
 @api_router.get("/delete/{task_id}", response_model=ModelDeletionResponse)
-def get_delete_task(task_id: str, db_session: DbSession) -> ModelDeletionResponse:
+def get_delete_task(task_id: TaskId, db_session: DbSession) -> ModelDeletionResponse:
     task = tasks_service.get_or_raise(db_session, task_id=task_id, kind=TaskKind.DELETE)
     return ModelDeletionResponse.from_task(task)
 
 
 @api_router.get("/delete-status/{embedding_model_id:path}", response_model=ModelDeletionResponse)
-def get_latest_delete_task(embedding_model_id: str, db_session: DbSession) -> ModelDeletionResponse:
+def get_latest_delete_task(
+    embedding_model_id: ServedNamePath, db_session: DbSession
+) -> ModelDeletionResponse:
     task = tasks_service.get_latest_or_raise(
         db_session, embedding_model_id=embedding_model_id, kind=TaskKind.DELETE
     )
     return ModelDeletionResponse.from_task(task)
 
 
-@api_router.post("/delete/{task_id}/cancel", response_model=ModelDeletionResponse)
+@api_router.post(
+    "/delete/{task_id}/cancel", response_model=ModelDeletionResponse, responses=CONFLICT
+)
 def cancel_delete_task(
-    task_id: str, db_session: DbSession, request: Request
+    task_id: TaskId, db_session: DbSession, request: Request
 ) -> ModelDeletionResponse:
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DELETE)
     notify_workers_after_commit(request, db_session)

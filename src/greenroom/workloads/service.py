@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
 from greenroom.deployments.models import Deployment, served_name
+from greenroom.deployments.schemas import shown_envs
 from greenroom.deployments.states import DeploymentStatus
 from greenroom.errors import InvalidRequestError, NotFoundError
 from greenroom.serving.models import LiveRevision
@@ -72,11 +73,16 @@ def _actual_phase(db_session: Session, name: str, live: LiveRevision | None) -> 
 
 
 def list_revisions(
-    db_session: Session, *, workload_id: str, deleted: bool | None, settings: Settings
+    db_session: Session,
+    *,
+    workload_id: str,
+    deleted: bool | None,
+    settings: Settings,
+    reveal_envs: bool = False,
 ) -> list[RevisionRead]:
     query = _revisions_query(db_session, workload_id=workload_id, deleted=deleted)
     revisions = db_session.scalars(query.order_by(Revision.created_at, Revision.id)).all()
-    return [to_read(db_session, r, settings) for r in revisions]
+    return [to_read(db_session, r, settings, reveal_envs=reveal_envs) for r in revisions]
 
 
 def count_revisions(db_session: Session, *, workload_id: str, deleted: bool | None) -> int:
@@ -96,12 +102,12 @@ def _revisions_query(db_session: Session, *, workload_id: str, deleted: bool | N
 
 
 def get_revision_or_raise(
-    db_session: Session, *, revision_id: str, settings: Settings
+    db_session: Session, *, revision_id: str, settings: Settings, reveal_envs: bool = False
 ) -> RevisionRead:
     revision = db_session.get(Revision, parse_id(revision_id))
     if revision is None:
         raise NotFoundError(NOT_FOUND)
-    return to_read(db_session, revision, settings)
+    return to_read(db_session, revision, settings, reveal_envs=reveal_envs)
 
 
 def _require_workload(db_session: Session, workload_id: str) -> None:
@@ -112,7 +118,11 @@ def _require_workload(db_session: Session, workload_id: str) -> None:
         raise NotFoundError(NOT_FOUND)
 
 
-def to_read(db_session: Session, revision: Revision, settings: Settings) -> RevisionRead:
+def to_read(
+    db_session: Session, revision: Revision, settings: Settings, *, reveal_envs: bool = False
+) -> RevisionRead:
+    """A revision as the API shows it; `environmentVariables` values only with `reveal_envs`
+    (a caller with the `deploy` scope)."""
     deployment = db_session.scalars(
         select(Deployment).where(Deployment.revision_id == revision.id)
     ).first()
@@ -134,7 +144,7 @@ def to_read(db_session: Session, revision: Revision, settings: Settings) -> Revi
         images=[f"{revision.source}@sha256:{revision.content_hash}"],
         command=REPLICA_COMMAND,
         arguments=replica_arguments(revision),
-        environmentVariables=dict(config.get("additional_envs") or {}),
+        environmentVariables=shown_envs(config.get("additional_envs") or {}, reveal=reveal_envs),
         phase=revision.phase,
         phaseMessage=revision.phase_message,
         phaseUpdatedAt=revision.phase_updated_at,

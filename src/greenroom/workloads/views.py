@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from greenroom.auth.deps import CurrentPrincipal
+from greenroom.auth.scopes import Scope
 from greenroom.config import Settings
 from greenroom.deps import DbSession
 from greenroom.workloads import service as workloads_service
@@ -18,9 +20,14 @@ def _settings(request: Request) -> Settings:
 
 # declared before /{workloadId}/… so that `revisions/<id>` is never read as a workload id
 @api_router.get("/revisions/{revision_id}", response_model=RevisionRead)
-def get_revision(revision_id: str, db_session: DbSession, request: Request) -> RevisionRead:
+def get_revision(
+    revision_id: str, db_session: DbSession, request: Request, principal: CurrentPrincipal
+) -> RevisionRead:
     return workloads_service.get_revision_or_raise(
-        db_session, revision_id=revision_id, settings=_settings(request)
+        db_session,
+        revision_id=revision_id,
+        settings=_settings(request),
+        reveal_envs=principal.allows(Scope.DEPLOY),
     )
 
 
@@ -33,10 +40,18 @@ def get_workload(workload_id: str, db_session: DbSession, request: Request) -> W
 
 @api_router.get("/{workload_id}/revisions", response_model=RevisionList)
 def list_revisions(
-    workload_id: str, db_session: DbSession, request: Request, deleted: bool | None = None
+    workload_id: str,
+    db_session: DbSession,
+    request: Request,
+    principal: CurrentPrincipal,
+    deleted: bool | None = None,
 ) -> RevisionList:
     revisions = workloads_service.list_revisions(
-        db_session, workload_id=workload_id, deleted=deleted, settings=_settings(request)
+        db_session,
+        workload_id=workload_id,
+        deleted=deleted,
+        settings=_settings(request),
+        reveal_envs=principal.allows(Scope.DEPLOY),
     )
     return RevisionList(revisions=revisions)
 
