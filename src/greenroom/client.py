@@ -96,8 +96,11 @@ class GreenroomClient:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def create_token(self, name: str, scopes: list[str]) -> Any:
-        return self.request("POST", "/v1/tokens", json={"name": name, "scopes": scopes})
+    def create_token(self, name: str, scopes: list[str], expires_in: int | None = None) -> Any:
+        body: dict[str, Any] = {"name": name, "scopes": scopes}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return self.request("POST", "/v1/tokens", json=body)
 
     def tokens(self) -> Any:
         return self.request("GET", "/v1/tokens")

@@ -14,7 +14,7 @@ from greenroom.app import create_app
 from greenroom.auth import service as auth_service
 from greenroom.auth.service import Authenticator
 from greenroom.bootstrap import ensure_admin_token
-from greenroom.config import Settings
+from greenroom.config import ADMIN_TOKEN_MIN_LENGTH, InsecureSettingError, Settings
 from greenroom.db import Store
 from greenroom.runtime.fake import FakeRuntime
 
@@ -47,6 +47,7 @@ def test_the_first_start_writes_the_admin_token_file(
     ensure_admin_token(settings_for(data_dir, store), store)
     token_file = data_dir / "admin.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     secret = token_file.read_text().strip()
     principal = Authenticator(store).authenticate(secret)
     assert principal is not None and principal.name == "admin"
@@ -102,3 +103,19 @@ def test_the_server_starts_with_its_admin_token(tmp_path: Path, env_token: str |
         assert response.status_code == 200
         assert [t["name"] for t in response.json()] == ["admin"]
         assert client.get("/v1/tokens").status_code == 401
+
+
+@pytest.mark.parametrize("length", [1, ADMIN_TOKEN_MIN_LENGTH - 1])
+def test_a_short_env_token_is_refused_with_one_sentence(tmp_path: Path, length: int) -> None:
+    secret = ("Q#7~" * 8)[:length]
+    with pytest.raises(InsecureSettingError) as refused:
+        settings_for(tmp_path, token=secret)
+    message = str(refused.value)
+    assert message.startswith("GREENROOM_ADMIN_TOKEN is shorter than 32 characters")
+    assert secret not in message and message.count(".") == 1 and message.endswith(".")
+
+
+def test_an_env_token_of_32_characters_or_an_empty_one_is_accepted(tmp_path: Path) -> None:
+    secret = "s" * ADMIN_TOKEN_MIN_LENGTH
+    assert settings_for(tmp_path, token=secret).admin_token.get_secret_value() == secret
+    assert settings_for(tmp_path, token="").admin_token.get_secret_value() == ""  # unset

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import string
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect
+from helpers import async_test
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
 from greenroom.auth import service as auth_service
@@ -16,18 +18,24 @@ from greenroom.auth.models import Token
 from greenroom.auth.schemas import TokenCreate
 from greenroom.auth.scopes import Scope, effective_scopes
 from greenroom.auth.service import Authenticator, Principal
-from greenroom.db import Store
+from greenroom.db import Store, utcnow
 from greenroom.errors import NotFoundError
 
 URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
 class Clock:
+    """A monotonic clock (`clock()`) and a wall clock (`clock.wall()`) that advance together."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.epoch = utcnow() - timedelta(seconds=self.now)
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> datetime:
+        return self.epoch + timedelta(seconds=self.now)
 
 
 def create_token(store: Store, name: str = "ci", *scopes: Scope) -> tuple[str, str]:
@@ -118,9 +126,9 @@ def test_a_cache_hit_does_not_read_the_store_until_the_ttl(
     reads: list[str] = []
     real = auth_service.find_active
 
-    def find_active(db_session: Session, *, token_hash: str) -> Token | None:
+    def find_active(db_session: Session, *, token_hash: str, **kwargs: object) -> Token | None:
         reads.append("read")
-        return real(db_session, token_hash=token_hash)
+        return real(db_session, token_hash=token_hash, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(auth_service, "find_active", find_active)
     clock.now += 4.9
@@ -258,3 +266,132 @@ def test_a_revoked_admin_secret_stays_revoked(store: Store, authenticator: Authe
         again, _ = auth_service.adopt_admin(db_session, secret="env-secret")
         assert again.is_revoked and not auth_service.has_active_admin(db_session)
     assert authenticator.authenticate("env-secret") is None
+
+
+# ----- unknown tokens: answered from memory ------------------------------------------------------
+
+
+@pytest.fixture
+def token_reads(store: Store) -> Iterator[list[str]]:
+    """The statements that read the tokens table, as the store runs them."""
+    reads: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "tokens" in statement:
+            reads.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        yield reads
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+
+
+def test_a_repeated_unknown_token_costs_no_query_until_the_negative_ttl(
+    store: Store, authenticator: Authenticator, clock: Clock, token_reads: list[str]
+) -> None:
+    for _ in range(20):
+        assert authenticator.authenticate("not-a-token") is None
+    assert len(token_reads) == 1
+    clock.now += authenticator.negative_ttl_s - 0.1
+    assert authenticator.authenticate("not-a-token") is None and len(token_reads) == 1
+    clock.now += 0.2
+    assert authenticator.authenticate("not-a-token") is None and len(token_reads) == 2
+
+
+@async_test
+async def test_resolve_answers_a_known_unknown_hash_without_the_store(
+    store: Store, authenticator: Authenticator, token_reads: list[str]
+) -> None:
+    unknown = auth_service.hash_secret("not-a-token")
+    assert await authenticator.resolve(unknown) is None
+    assert authenticator.known_unknown(unknown) and len(token_reads) == 1
+    assert await authenticator.resolve(unknown) is None and len(token_reads) == 1
+
+
+def test_the_negative_cache_is_bounded(store: Store, clock: Clock) -> None:
+    authenticator = Authenticator(store, negative_max_entries=2, clock=clock)
+    hashes = [auth_service.hash_secret(f"wrong-{i}") for i in range(3)]
+    for token_hash in hashes:
+        assert authenticator.lookup(token_hash) is None
+    assert [authenticator.known_unknown(h) for h in hashes] == [False, True, True]
+
+
+def test_a_token_created_after_a_refusal_of_its_value_works_at_once(
+    store: Store, authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "a-value-tried-before-it-was-a-token-0123456789"
+    assert authenticator.authenticate(secret) is None  # remembered as unknown
+    monkeypatch.setattr(auth_service, "new_secret", lambda: secret)
+    token, _ = authenticator.create(TokenCreate(name="late", scopes=[Scope.READ]))
+    principal = authenticator.authenticate(secret)  # no clock advance: at once
+    assert principal is not None and principal.id == token.id
+
+
+def test_a_lookup_racing_a_creation_does_not_cache_the_refusal(
+    store: Store, authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unknown = auth_service.hash_secret("not-yet-a-token")
+    real = auth_service.find_active
+
+    def find_then_create(db_session: Session, **kwargs: object) -> Token | None:
+        found = real(db_session, **kwargs)  # type: ignore[arg-type]
+        authenticator.forget_unknown(unknown)  # a creation lands while the store is read
+        return found
+
+    monkeypatch.setattr(auth_service, "find_active", find_then_create)
+    assert authenticator.lookup(unknown) is None
+    assert not authenticator.known_unknown(unknown)
+
+
+# ----- expiry ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def timed(store: Store, clock: Clock) -> Authenticator:
+    """An authenticator whose wall clock is the test's."""
+    return Authenticator(store, ttl_s=5.0, clock=clock, wall_clock=clock.wall)
+
+
+def test_create_stores_the_expiry_of_expires_in(store: Store, clock: Clock) -> None:
+    with store.session_scope() as db_session:
+        token, _ = auth_service.create(
+            db_session,
+            token_in=TokenCreate(name="ci", scopes=[Scope.READ], expires_in=3600),
+            now=clock.wall(),
+        )
+        assert token.expires_at == clock.wall() + timedelta(hours=1)
+        forever, _ = auth_service.create(
+            db_session, token_in=TokenCreate(name="ops", scopes=[Scope.READ])
+        )
+        assert forever.expires_at is None
+
+
+@pytest.mark.parametrize("expires_in", [0, 59, 3650 * 86400 + 1])
+def test_expires_in_is_bounded(expires_in: int) -> None:
+    with pytest.raises(ValueError, match="expires_in"):
+        TokenCreate(name="ci", scopes=[Scope.READ], expires_in=expires_in)
+
+
+def test_an_expired_token_is_refused_and_no_longer_active(
+    store: Store, timed: Authenticator, clock: Clock
+) -> None:
+    token, secret = timed.create(TokenCreate(name="ci", scopes=[Scope.READ], expires_in=60))
+    clock.now += 59
+    assert timed.authenticate(secret) is not None
+    clock.now += timed.ttl_s + 1  # past the expiry and the cache's TTL
+    assert timed.authenticate(secret) is None
+    with store.session_scope() as db_session:
+        assert token.id not in [t.id for t in auth_service.get_active(db_session, now=clock.wall())]
+        assert token.id in [t.id for t in auth_service.get_all(db_session)]
+
+
+def test_a_cached_principal_never_outlives_its_token(
+    store: Store, timed: Authenticator, clock: Clock
+) -> None:
+    _, secret = timed.create(TokenCreate(name="ci", scopes=[Scope.READ], expires_in=60))
+    clock.now += 58
+    assert timed.authenticate(secret) is not None  # cached for 2 s, not the TTL's 5
+    clock.now += 2.5
+    assert timed.cached(auth_service.hash_secret(secret)) is None
+    assert timed.authenticate(secret) is None

@@ -1,20 +1,21 @@
 """FastAPI dependencies: the gate every route passes (`authorize`) and the request's principal.
 
-`create_app` attaches `authorize` to the whole app, so every API route, mounted now or later,
-needs a bearer token with the scope `greenroom.auth.policy` gives its route; views that need to
-know who calls take `CurrentPrincipal`. 401 (`UnauthorizedError`) when the token is missing,
-unknown or revoked; 403 (`ForbiddenError`) when it lacks the scope; each API family renders them
-in its own shape (`greenroom.app.install_error_handlers`).
+`greenroom.edge.EdgeMiddleware` authenticates every request before its body is read and leaves
+the principal in `request.state.principal`; `create_app` also attaches `authorize` to the whole
+app, which reads that principal and checks it against the scope `greenroom.auth.policy` gives the
+route. Views that need to know who calls take `CurrentPrincipal`. 401 (`UnauthorizedError`) when
+the token is missing, unknown, revoked or expired; 403 (`ForbiddenError`) when it lacks the
+scope; each API family renders them in its own shape (`greenroom.app.install_error_handlers`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from greenroom.auth.policy import required_scope
 from greenroom.auth.scopes import Scope
@@ -24,7 +25,7 @@ from greenroom.errors import ForbiddenError, UnauthorizedError
 MISSING_TOKEN = "A token is required: send `Authorization: Bearer <token>`."
 INVALID_TOKEN = "The token is unknown or revoked."
 
-# Parses `Authorization: Bearer …` and documents the scheme in the OpenAPI schema (`/docs`).
+# Documents the scheme in the OpenAPI schema (`/docs`); the middleware reads the header itself.
 bearer = HTTPBearer(auto_error=False, description="A greenroom token (api/auth.md).")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
@@ -35,27 +36,36 @@ def get_authenticator(request: Request) -> Authenticator:
 
 # async: FastAPI runs plain `def` dependencies in its threadpool, a hop per request
 async def authorize(request: Request, credentials: Credentials) -> Principal | None:
-    """The principal of the request's token, checked against the scope its route needs; None on
-    the open routes (`/healthz`, `/readyz`)."""
+    """The request's principal, checked against the scope its route needs; None on the open
+    routes (`/healthz`, `/readyz`).
+
+    Behind the middleware this only reads the principal it found. An app assembled without the
+    middleware (a view test's) authenticates here instead, so no route is open by omission."""
     route: APIRoute = request.scope["route"]
     scope = required_scope(request.method, route.path_format)
     if scope is None:
         return None
-    principal = await authenticate(get_authenticator(request), credentials)
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        token = credentials.credentials if credentials else None
+        principal = await authenticate(get_authenticator(request), token)
+        request.state.principal = principal
     require_scope(principal, scope)
     return principal
 
 
-async def authenticate(
-    authenticator: Authenticator, credentials: HTTPAuthorizationCredentials | None
-) -> Principal:
-    """A cache hit costs a hash and a dict lookup; a miss reads the store in a thread."""
-    if credentials is None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case)."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(authenticator: Authenticator, token: str | None) -> Principal:
+    """A cache hit (known or unknown token) costs a hash and a dict lookup; a miss reads the
+    store in a thread."""
+    if not token:
         raise UnauthorizedError(MISSING_TOKEN)
-    token_hash = hash_secret(credentials.credentials)
-    principal = authenticator.cached(token_hash)
-    if principal is None:
-        principal = await asyncio.to_thread(authenticator.lookup, token_hash)
+    principal = await authenticator.resolve(hash_secret(token))
     if principal is None:
         raise UnauthorizedError(INVALID_TOKEN)
     return principal

@@ -17,7 +17,8 @@ def new_token_id() -> str:
 
 
 class Token(Base):
-    """A bearer token: its name, granted scopes and times; never the secret itself."""
+    """A bearer token: its name, granted scopes and times; never the secret itself. A token with
+    `expires_at` is refused from then on, like a revoked one."""
 
     __tablename__ = "tokens"
 
@@ -28,7 +29,15 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]  # updated at most once a minute
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
 
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def is_usable(self, now: datetime) -> bool:
+        """Neither revoked nor expired at `now`."""
+        return not self.is_revoked and not self.is_expired(now)

@@ -37,6 +37,7 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(Scope.INFER, r"/v1/(embeddings|models)(/.*)?"),
     Rule(Scope.ADMIN, r"/v1/tokens(/.*)?"),
+    Rule(Scope.ADMIN, r"/v1/audit(/.*)?"),
     Rule(Scope.CONTROLLER, r"/apis/.*/deployments/\{[^/]+\}/status", frozenset({"POST"})),
 )
 

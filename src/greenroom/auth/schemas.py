@@ -9,14 +9,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from greenroom.auth.scopes import Scope
 from greenroom.deployments.schemas import UtcDateTime
 
-TokenName = Annotated[str, Field(min_length=1, max_length=255)]
+# no control characters: names appear in logs, tables and the audit log
+TokenName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MIN_EXPIRES_IN_S = 60
+MAX_EXPIRES_IN_S = 3650 * 24 * 3600  # ten years
+ExpiresIn = Annotated[
+    int,
+    Field(
+        ge=MIN_EXPIRES_IN_S,
+        le=MAX_EXPIRES_IN_S,
+        description="seconds until the token is refused (401); omitted: it never expires",
+    ),
+]
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: TokenName
-    scopes: list[Scope] = Field(min_length=1, description="one or more of the scopes")
+    scopes: list[Scope] = Field(
+        min_length=1, max_length=16, description="one or more of the scopes"
+    )
+    expires_in: ExpiresIn | None = None
 
     @field_validator("scopes")
     @classmethod
@@ -35,6 +49,7 @@ class TokenRead(BaseModel):
     created_at: UtcDateTime
     last_used_at: UtcDateTime | None
     revoked_at: UtcDateTime | None
+    expires_at: UtcDateTime | None
 
 
 class TokenCreated(BaseModel):
@@ -43,4 +58,5 @@ class TokenCreated(BaseModel):
     id: str
     name: str
     scopes: list[Scope]
+    expires_at: UtcDateTime | None
     token: str

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class Scope(StrEnum):
-    ADMIN = "admin"  # everything, the tokens API included
+    ADMIN = "admin"  # everything, the tokens API and the audit log included
     DEPLOY = "deploy"  # tasks, deployments, configs, registry writes
     CONTROLLER = "controller"  # deployment status updates
     READ = "read"  # every GET, /metrics

@@ -5,15 +5,21 @@ random bytes, URL-safe; the store keeps only its SHA-256 (a fast hash is right f
 secrets: nothing to brute-force, no per-request bcrypt). A secret is found by its hash, and the
 hash found is compared with `hmac.compare_digest`.
 
+A token may carry an expiry (`expires_at`); from then on it is refused like a revoked one.
+
 `Authenticator` is the request path: a small in-memory cache from hash to principal in front of
 the store. A hit is one dict lookup and one constant-time compare; a miss is one indexed SELECT
 (and, at most once a minute per token, an UPDATE of `last_used_at`). A revocation through this
 process's `Authenticator.revoke` drops the token from its cache at once; other processes keep a
-cached principal for at most `CACHE_TTL_S`.
+cached principal for at most `CACHE_TTL_S`, and never past the token's expiry. Unknown hashes
+are remembered too, for `NEGATIVE_TTL_S`: a client repeating a wrong token costs a dict lookup,
+not a query; a token created through this process's `Authenticator.create` is forgotten there at
+once, so it works on its first request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -35,6 +41,10 @@ from greenroom.errors import NotFoundError
 SECRET_BYTES = 32
 CACHE_TTL_S = 5.0  # how long another process may still accept a token revoked elsewhere
 CACHE_MAX_ENTRIES = 10_000
+# How long a hash found in no token is answered from memory; another process's new token (one
+# whose value was tried here before it existed) works here after at most this long.
+NEGATIVE_TTL_S = 5.0
+NEGATIVE_MAX_ENTRIES = 10_000
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 ADMIN_TOKEN_NAME = "admin"  # the bootstrap admin token's name
 
@@ -87,15 +97,19 @@ def get_all(db_session: Session) -> list[Token]:
     return list(db_session.scalars(select(Token).order_by(Token.created_at, Token.id)))
 
 
-def get_active(db_session: Session) -> list[Token]:
-    return [token for token in get_all(db_session) if not token.is_revoked]
+def get_active(db_session: Session, *, now: datetime | None = None) -> list[Token]:
+    """Every token neither revoked nor expired (at `now`, default the present)."""
+    now = now or utcnow()
+    return [token for token in get_all(db_session) if token.is_usable(now)]
 
 
-def find_active(db_session: Session, *, token_hash: str) -> Token | None:
-    """The unrevoked token of a secret's hash, or None; the hash found is compared in constant
-    time."""
+def find_active(
+    db_session: Session, *, token_hash: str, now: datetime | None = None
+) -> Token | None:
+    """The token of a secret's hash if it is neither revoked nor expired at `now` (default the
+    present), or None; the hash found is compared in constant time."""
     token = get_by_hash(db_session, token_hash=token_hash)
-    if token is None or token.is_revoked:
+    if token is None or not token.is_usable(now or utcnow()):
         return None
     return token if hmac.compare_digest(token.token_hash, token_hash) else None
 
@@ -104,15 +118,24 @@ def find_active(db_session: Session, *, token_hash: str) -> Token | None:
 
 
 def create(
-    db_session: Session, *, token_in: TokenCreate, secret: str | None = None
+    db_session: Session,
+    *,
+    token_in: TokenCreate,
+    secret: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[Token, str]:
     """A new token and its secret, which is never stored and cannot be shown again. `secret` is
-    for a token whose value is given (`GREENROOM_ADMIN_TOKEN`); new tokens get 32 random bytes."""
+    for a token whose value is given (`GREENROOM_ADMIN_TOKEN`); new tokens get 32 random bytes.
+    With `expires_in`, the token expires that many seconds after `now` (default the present)."""
     secret = secret or new_secret()
+    now = now or utcnow()
+    expires_in = token_in.expires_in
     token = Token(
         name=token_in.name,
         scopes=[str(scope) for scope in token_in.scopes],
         token_hash=hash_secret(secret),
+        created_at=now,
+        expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
     )
     db_session.add(token)
     db_session.flush()
@@ -186,11 +209,12 @@ class _Entry:
 
 
 class Authenticator:
-    """Secret → principal for the requests of one process, through a small TTL cache.
+    """Secret → principal for the requests of one process, through a small TTL cache of known
+    tokens and one of unknown hashes, both bounded.
 
-    Thread-safe: the event loop reads the cache; lookups that miss run in threads. A lookup that
-    read the store before a revocation here cannot put the revoked token back in the cache
-    (a generation counter guards the write).
+    Thread-safe: the event loop reads the caches; lookups that miss run in threads. A lookup that
+    read the store before a revocation or a creation here cannot put what it read in a cache
+    (a generation counter guards the writes).
     """
 
     def __init__(
@@ -199,20 +223,35 @@ class Authenticator:
         *,
         ttl_s: float = CACHE_TTL_S,
         max_entries: int = CACHE_MAX_ENTRIES,
+        negative_ttl_s: float = NEGATIVE_TTL_S,
+        negative_max_entries: int = NEGATIVE_MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.negative_ttl_s = negative_ttl_s
+        self.negative_max_entries = negative_max_entries
         self._clock = clock
+        self._wall_clock = wall_clock
         self._entries: dict[str, _Entry] = {}
+        self._unknown: dict[str, float] = {}  # hash → until when it is answered "unknown"
         self._generation = 0
         self._lock = threading.Lock()
 
     def authenticate(self, secret: str) -> Principal | None:
-        """The principal of an unrevoked token, or None."""
+        """The principal of a usable token (neither revoked nor expired), or None; blocking."""
         token_hash = hash_secret(secret)
         return self.cached(token_hash) or self.lookup(token_hash)
+
+    async def resolve(self, token_hash: str) -> Principal | None:
+        """The request path's `authenticate`: a cache hit, known or unknown, costs a dict lookup
+        on the event loop; only a miss reads the store, in a thread."""
+        principal = self.cached(token_hash)
+        if principal is not None or self.known_unknown(token_hash):
+            return principal
+        return await asyncio.to_thread(self.lookup, token_hash)
 
     def cached(self, token_hash: str) -> Principal | None:
         """The cached principal of `token_hash`, or None (absent or expired): no I/O."""
@@ -221,17 +260,38 @@ class Authenticator:
             return None
         return entry.principal if hmac.compare_digest(entry.token_hash, token_hash) else None
 
+    def known_unknown(self, token_hash: str) -> bool:
+        """Whether `token_hash` was found in no usable token less than `negative_ttl_s` ago."""
+        until = self._unknown.get(token_hash)
+        return until is not None and self._clock() < until
+
     def lookup(self, token_hash: str) -> Principal | None:
-        """Read the token from the store (blocking) and cache its principal."""
+        """Read the token from the store (blocking) and cache the answer, either way."""
+        if self.known_unknown(token_hash):
+            return None
         generation = self._generation
+        now = self._wall_clock()
         with self.store.session_scope() as db_session:
-            token = find_active(db_session, token_hash=token_hash)
+            token = find_active(db_session, token_hash=token_hash, now=now)
             if token is None:
+                self._remember_unknown(token_hash, generation)
                 return None
-            touch(token, now=utcnow())
+            touch(token, now=now)
             principal = principal_of(token)
-        self._remember(token_hash, principal, generation)
+            expires_at = token.expires_at
+        ttl_s = self.ttl_s
+        if expires_at is not None:  # a cached principal never outlives its token
+            ttl_s = min(ttl_s, (expires_at - now).total_seconds())
+        self._remember(token_hash, principal, generation, ttl_s)
         return principal
+
+    def create(self, token_in: TokenCreate) -> tuple[Token, str]:
+        """Create a token (committed) that this process accepts from its first request, even if
+        its value was tried here before it existed."""
+        with self.store.session_scope() as db_session:
+            token, secret = create(db_session, token_in=token_in, now=self._wall_clock())
+        self.forget_unknown(token.token_hash)
+        return token, secret
 
     def revoke(self, token_id: str) -> Token:
         """Revoke a token in the store and drop it from this process's cache at once."""
@@ -248,11 +308,27 @@ class Authenticator:
                 if entry.principal.id in ids:
                     del self._entries[token_hash]
 
-    def _remember(self, token_hash: str, principal: Principal, generation: int) -> None:
+    def forget_unknown(self, token_hash: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._unknown.pop(token_hash, None)
+
+    def _remember(
+        self, token_hash: str, principal: Principal, generation: int, ttl_s: float
+    ) -> None:
         with self._lock:
             if generation != self._generation:
                 return  # a revocation happened while the store was read
             if len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            expires_at = self._clock() + self.ttl_s
+            expires_at = self._clock() + ttl_s
             self._entries[token_hash] = _Entry(token_hash, principal, expires_at)
+
+    def _remember_unknown(self, token_hash: str, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # a token was created while the store was read
+            if len(self._unknown) >= self.negative_max_entries:
+                self._unknown.pop(next(iter(self._unknown)))
+            self._unknown.pop(token_hash, None)  # a refreshed entry is evicted last
+            self._unknown[token_hash] = self._clock() + self.negative_ttl_s

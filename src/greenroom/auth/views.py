@@ -18,10 +18,17 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
 @api_router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
-def create_token(token_in: TokenCreate, db_session: DbSession) -> TokenCreated:
-    """The only answer that shows the token's secret (`token`)."""
-    token, secret = auth_service.create(db_session, token_in=token_in)
-    return TokenCreated(id=token.id, name=token.name, scopes=token.scopes, token=secret)
+def create_token(token_in: TokenCreate, authenticator: AuthenticatorDep) -> TokenCreated:
+    """The only answer that shows the token's secret (`token`). With `expires_in` (seconds) the
+    token is refused (401) from `expires_at` on. It works at once, on its first request."""
+    token, secret = authenticator.create(token_in)
+    return TokenCreated(
+        id=token.id,
+        name=token.name,
+        scopes=token.scopes,
+        expires_at=token.expires_at,
+        token=secret,
+    )
 
 
 @api_router.get("", response_model=list[TokenRead])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import greenroom.audit.models
 import greenroom.auth.models
 import greenroom.deployments.models
 import greenroom.registry.models
