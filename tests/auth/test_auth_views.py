@@ -40,13 +40,22 @@ def create(client: TestClient, name: str, *scopes: str) -> dict:
 
 def test_create_shows_the_token_once(client: TestClient) -> None:
     created = create(client, "ci", "deploy", "infer")
-    assert set(created) == {"id", "name", "scopes", "token"}
+    assert set(created) == {"id", "name", "scopes", "expires_at", "token"}
+    assert created["expires_at"] is None
     assert (created["name"], created["scopes"]) == ("ci", ["deploy", "infer"])
     assert len(created["token"]) == 43
     listed = client.get(BASE).json()
     assert created["token"] not in str(listed)
     (row,) = [t for t in listed if t["id"] == created["id"]]
-    assert set(row) == {"id", "name", "scopes", "created_at", "last_used_at", "revoked_at"}
+    assert set(row) == {
+        "id",
+        "name",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    }
     assert row["created_at"].endswith("Z") and row["revoked_at"] is None
 
 

@@ -231,7 +231,8 @@ async def test_a_restarted_replica_picks_up_waiting_requests(tiny_model_dir: Pat
 
 @async_test
 async def test_a_full_queue_refuses_with_overloaded(tiny_model_dir: Path) -> None:
-    async with harness(tiny_model_dir) as h:
+    # one principal may hold the whole queue here: the model's own bound is what is tested
+    async with harness(tiny_model_dir, principal_queue_share=1.0) as h:
         await h.serve("r1", max_queue=2)
         h.gate.clear()
         busy = asyncio.create_task(h.router.embed("m", ["in flight"]))
@@ -283,3 +284,17 @@ async def test_removing_a_name_answers_not_found(tiny_model_dir: Path) -> None:
         h.router.remove("m")
         with pytest.raises(ModelNotFoundError):
             await h.router.embed("m", ["x"])
+
+
+@async_test
+async def test_a_long_string_is_cut_yet_embeds_as_the_whole_string(tiny_model_dir: Path) -> None:
+    """Off the event loop and from a short prefix (serving.tokenizing), the same vector."""
+    async with harness(tiny_model_dir) as h:
+        await h.serve("r1")
+        text = " \t" * 300_000 + "hello world, a longer sentence here " * 2_000
+        full_ids = h.router.live("m").tokenizer.encode_batch_fast([text])[0].ids
+        result = await h.router.embed("m", [text, "short"], principal="someone")
+        np.testing.assert_allclose(result.vectors[0], HashEngine().expected(full_ids), rtol=1e-5)
+        assert result.prompt_tokens == len(full_ids) + len(
+            h.router.live("m").tokenizer.encode("short").ids
+        )

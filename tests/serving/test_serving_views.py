@@ -7,8 +7,10 @@ default model; a second one runs on the fake runtime to reach the overload and o
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -121,6 +123,9 @@ def test_the_openai_client_works_unchanged(base_url: str) -> None:
         ({"model": MODEL, "input": "x", "dimensions": 8}, "does not support"),
         ({"model": MODEL, "input": "x", "dimensions": 0}, "positive"),
         ({"model": MODEL, "input": [[10**9]]}, "Token ids"),
+        ({"model": MODEL, "input": [[2**63]]}, "token ids must be integers"),
+        ({"model": MODEL, "input": [-1]}, "token ids must be integers"),
+        ({"model": MODEL, "input": "x", "user": "u" * 257}, "user"),
     ],
 )
 def test_bad_input_is_a_400_in_the_openai_envelope(
@@ -150,7 +155,10 @@ def test_an_unknown_model_is_a_404_model_not_found(base_url: str) -> None:
 
 
 def test_a_wrong_method_keeps_the_openai_envelope(base_url: str) -> None:
-    assert_openai_error(httpx.get(f"{base_url}/v1/embeddings"), 405, "server_error")
+    response = httpx.get(f"{base_url}/v1/embeddings", headers=ADMIN_HEADERS)
+    assert_openai_error(response, 405, "server_error")
+    # without a token nothing is told about the route, not even its methods (issue 9)
+    assert_openai_error(httpx.get(f"{base_url}/v1/embeddings"), 401, "authentication_error")
 
 
 def test_models_lists_the_live_served_names(base_url: str) -> None:
@@ -229,3 +237,65 @@ def test_readyz_waits_for_the_default_model(fake_app: FastAPI, fake_runtime: Fak
 
         runtime.run_threadsafe(open_gate())
         wait_until_sync(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+
+
+class HeldTokenizer:
+    """The route's tokenizer, held on an event the test sets."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode_batch_fast(self, inputs: list[str]) -> list[Any]:
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the tokenizer"
+        return self.tokenizer.encode_batch_fast(inputs)
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+
+def test_healthz_answers_while_a_large_string_is_tokenised(fake_app: FastAPI) -> None:
+    """One string over the inline bound is tokenised off the event loop: with the tokenizer
+    held, the loop still answers."""
+    with running_server(fake_app) as url:
+        route = fake_app.state.router.live(MODEL)
+        held = HeldTokenizer(route.tokenizer)
+        route.tokenizer = held
+        answers: list[httpx.Response] = []
+        body = {"model": MODEL, "input": "hello world " * 20_000}
+        request = threading.Thread(target=lambda: answers.append(embed(url, body)))
+        request.start()
+        try:
+            assert held.entered.wait(60)
+            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        finally:
+            held.release.set()
+            request.join(60)
+        assert answers[0].status_code == 200, answers[0].text
+
+
+class UnreachableStore:
+    """A store whose every session fails with a driver's kind of message."""
+
+    def session_scope(self) -> Any:
+        raise RuntimeError("connection to 10.1.2.3:5432 failed: password for user 'gr' is wrong")
+
+
+def test_readyz_tells_the_stage_never_the_error(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, default_model_id="", admin_token=ADMIN_TOKEN)
+    app = create_app(settings, FakeRuntime(lambda spec: HashEngine()))
+    with running_server(app) as url:
+        store = app.state.store
+        app.state.store = UnreachableStore()
+        try:
+            response = httpx.get(f"{url}/readyz")
+        finally:
+            app.state.store = store
+        assert response.status_code == 503
+        assert response.json()["reason"] == "The store is unreachable; the server log says why."
+        app.state.startup.error = "could not be registered: /home/alice/models/x: Errno 13"
+        response = httpx.get(f"{url}/readyz")
+        assert response.status_code == 503
+        assert "alice" not in response.text and "could not be deployed" in response.text

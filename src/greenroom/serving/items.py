@@ -10,8 +10,10 @@ import numpy as np
 
 @dataclass(eq=False)
 class RequestTicket:
-    """One request's items still waiting in a queue: the queue bound counts requests."""
+    """One request's items still waiting in a queue (the queue bounds count requests), and
+    who sent it: batches share their slots between principals."""
 
+    principal: str = ""
     waiting: int = 0
 
 
@@ -27,6 +29,10 @@ class EmbeddingItem:
     @property
     def length(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def principal(self) -> str:
+        return self.ticket.principal
 
     def is_abandoned(self) -> bool:
         """The client went away (its future was cancelled): skip before spending compute."""

@@ -1,24 +1,44 @@
-"""The OpenAI-compatible embeddings request (api/embeddings.md)."""
+"""The OpenAI-compatible embeddings request (api/embeddings.md), with its bounds."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from greenroom.errors import InvalidRequestError
 
-EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+MAX_TOKEN_ID = 2**31 - 1  # above any vocabulary; the model's own bound is checked when routed
+MAX_DIMENSIONS = 65536
+MAX_MODEL_CHARS = 256
+MAX_USER_CHARS = 256
+
+# strict: JSON integers only (no 1.0, no true)
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID, strict=True)]
+EmbeddingInput = str | list[str] | list[TokenId] | list[list[TokenId]]
+
+# What each bounded field must be, said the same way whichever bound it broke.
+FIELD_RULES = {
+    "model": f"it must be a string of 1 to {MAX_MODEL_CHARS} characters",
+    "dimensions": f"it must be a positive integer of at most {MAX_DIMENSIONS}",
+    "user": f"it must be a string of at most {MAX_USER_CHARS} characters",
+}
+TOKEN_ID_RULE = f"token ids must be integers from 0 to {MAX_TOKEN_ID}"
+INPUT_RULE = (
+    "it must be a string, a list of strings, a list of token ids or a list of token-id lists "
+    f"({TOKEN_ID_RULE})"
+)
+CONSTRAINT_ERRORS = frozenset({"greater_than_equal", "less_than_equal"})
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str = Field(min_length=1, max_length=MAX_MODEL_CHARS)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
 
     @field_validator("input")
     @classmethod
@@ -51,16 +71,26 @@ def parse_embedding_request(body: bytes, *, max_items: int) -> EmbeddingRequest:
     count = len(request.inputs())
     if count > max_items:
         raise InvalidRequestError(f"input has {count} items; at most {max_items} are allowed.")
-    if request.dimensions is not None and request.dimensions < 1:
-        raise InvalidRequestError("dimensions must be a positive integer.")
     return request
 
 
 def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    errors = exc.errors(include_url=False)
+    error = _most_telling(errors)
     if error["type"] == "json_invalid":
         return f"The request body is not valid JSON: {error['msg']}."
-    where = where.split(".")[0] if where else "body"
+    where = str(error["loc"][0]) if error["loc"] else "body"
+    if where in FIELD_RULES and error["type"] != "missing":
+        return f"Invalid '{where}': {FIELD_RULES[where]}."
+    if where == "input" and error["type"] in CONSTRAINT_ERRORS:
+        return f"Invalid 'input': {TOKEN_ID_RULE}."
+    if where == "input" and error["type"] != "value_error":
+        return f"Invalid 'input': {INPUT_RULE}."
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"Invalid '{where}': {message}."
+
+
+def _most_telling(errors: list[Any]) -> Any:
+    """The error to report: a broken bound before a type mismatch. `input` is a union, so
+    pydantic reports one error per shape it tried; the bound says what is really wrong."""
+    return next((e for e in errors if e["type"] in CONSTRAINT_ERRORS), errors[0])

@@ -11,7 +11,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from greenroom.errors import GreenroomError, ModelNotFoundError, PayloadTooLargeError
+from greenroom.auth.deps import CurrentPrincipal
+from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.serving.items import EmbeddingResult
 from greenroom.serving.router import Router
@@ -47,6 +48,11 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 @api_router.post(
     "/v1/embeddings",
+    responses={
+        404: {"description": "No live deployment serves the model"},
+        429: {"description": "The model's queue, or the caller's share of it, is full"},
+        503: {"description": "No ready replica right now"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -54,17 +60,25 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
         }
     },
 )
-async def create_embeddings(request: Request, router: RouterDep, metrics: MetricsDep) -> Response:
+async def create_embeddings(
+    request: Request, router: RouterDep, metrics: MetricsDep, principal: CurrentPrincipal
+) -> Response:
     """Embed strings or token-id lists with the live revision of a served name."""
     started = time.perf_counter()
     label = "unknown"
     try:
-        body = await read_body(request, request.app.state.settings.max_request_bytes)
+        # the body limit was enforced while it streamed in (greenroom.edge)
+        body = await request.body()
         payload = parse_embedding_request(
             body, max_items=request.app.state.settings.max_input_items
         )
         label = payload.model
-        result = await router.embed(payload.model, payload.inputs(), dimensions=payload.dimensions)
+        result = await router.embed(
+            payload.model,
+            payload.inputs(),
+            dimensions=payload.dimensions,
+            principal=principal.id,
+        )
     except GreenroomError as exc:
         if isinstance(exc, ModelNotFoundError):
             label = "unknown"  # unknown names must not grow label sets
@@ -89,23 +103,6 @@ async def list_models(router: RouterDep) -> JSONResponse:
         for name, route in sorted(router.live_routes().items())
     ]
     return JSONResponse({"object": "list", "data": data})
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(
-            f"The request body is over the {limit // (1024 * 1024)} MiB limit."
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(
-                f"The request body is over the {limit // (1024 * 1024)} MiB limit."
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def render_embeddings(request: EmbeddingRequest, result: EmbeddingResult) -> bytes:

@@ -1,0 +1,168 @@
+"""The HTTP edge: what every request passes before the app reads a byte of its body.
+
+`EdgeMiddleware`, pure ASGI in front of the app, does two things, in this order:
+
+1. Authentication. Every path but the open ones (`OPEN_PATHS`: health, readiness, the API
+   documents, the console's static files) needs a bearer token, with the scope that
+   `greenroom.auth.policy` gives the route its method and path match (the app's own route
+   matching, before any endpoint runs); a path no route matches needs a valid token, so its 404
+   tells a stranger nothing. A refusal (401, 403) is answered here, in the API family's shape,
+   without reading the body; the principal goes to `scope["state"]["principal"]`
+   (`request.state.principal`), where `authorize` and the audit log read it.
+2. The body limit: `max_request_bytes` on `/v1/embeddings`, `max_control_request_bytes` on every
+   other route. A declared `Content-Length` over it is refused at once (413); a body without one
+   (chunked) is counted as it streams in, and the read that crosses the limit raises
+   `RequestBodyTooLarge` (413), so nothing over the limit is ever buffered.
+
+Header sizes are the HTTP server's to bound: `UVICORN_LIMITS` (h11, whose buffer for a request's
+head is bounded; httptools' is not), for `greenroom serve` and the test servers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi.routing import iter_route_contexts
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from greenroom.auth.deps import authenticate, bearer_token, require_scope
+from greenroom.auth.policy import required_scope
+from greenroom.config import Settings
+from greenroom.errors import GreenroomError, PayloadTooLargeError
+
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/ui"}
+)
+OPEN_PREFIXES = ("/ui/",)  # the console's static files
+EMBEDDINGS_PATH = "/v1/embeddings"
+# The request line and headers together; h11 answers 400 past it. Tokens are 43 characters.
+MAX_HEADER_BYTES = 16 * 1024
+UVICORN_LIMITS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+
+ErrorRenderer = Callable[..., Response]  # `greenroom.app.render_error`
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def too_large_message(limit: int) -> str:
+    return f"The request body is over this route's {size_text(limit)} limit; send a smaller one."
+
+
+def size_text(size: int) -> str:
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+class RequestBodyTooLarge(StarletteHTTPException):
+    """Raised by the receive channel when a streamed body crosses its limit. An HTTPException,
+    so that FastAPI's body parsing passes it on to the family's error handler unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=too_large_message(limit))
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: Settings, render_error: ErrorRenderer) -> None:
+        self.app = app
+        self.settings = settings
+        self.render_error = render_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limit = self.body_limit(path)
+        try:
+            if not is_open(path):
+                await self.authenticate(scope)
+            declared = declared_length(scope)
+            if declared is not None and declared > limit:
+                raise PayloadTooLargeError(too_large_message(limit))
+        except GreenroomError as exc:
+            await self.refuse(scope, receive, send, exc.status_code, exc.message, exc.headers)
+            return
+        await self.call_limited(scope, receive, send, limit)
+
+    def body_limit(self, path: str) -> int:
+        if path == EMBEDDINGS_PATH:
+            return self.settings.max_request_bytes
+        return self.settings.max_control_request_bytes
+
+    async def authenticate(self, scope: Scope) -> None:
+        """The request's principal into `scope["state"]` (before the scope check: the audit log
+        records who was refused too); 401 without a usable token, 403 when it lacks the scope
+        of the route matched."""
+        app = scope["app"]
+        token = bearer_token(Headers(scope=scope).get("authorization"))
+        principal = await authenticate(app.state.authenticator, token)
+        scope.setdefault("state", {})["principal"] = principal
+        template = route_template(app, scope)
+        if template is not None and (needed := required_scope(scope["method"], template)):
+            require_scope(principal, needed)
+
+    async def call_limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Run the app with the body counted as it is read; a crossing that the app's handlers
+        did not answer (no FastAPI route read it) is answered here."""
+        received = 0
+        started = False
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestBodyTooLarge(limit)
+            return message
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive_limited, send_noting_start)
+        except RequestBodyTooLarge as exc:
+            if started:
+                raise
+            await self.refuse(scope, receive, send, 413, str(exc.detail), None)
+
+    async def refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status_code: int,
+        message: str,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        response = self.render_error(scope["path"], status_code, message, headers=headers)
+        await response(scope, receive, send)
+
+
+def declared_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def route_template(app: Any, scope: Scope) -> str | None:
+    """The template of the route the app's router will pick for this request: the first full
+    match, else the first path match with another method (the router answers 405 there)."""
+    partial = None
+    for route in iter_route_contexts(app.routes):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route.path_format
+        if match is Match.PARTIAL and partial is None:
+            partial = route.path_format
+    return partial
