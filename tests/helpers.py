@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -73,3 +74,14 @@ def pid_alive(pid: int) -> bool:
         return True  # no /proc: trust kill(0)
     state = stat.rsplit(")", 1)[1].split()[0]
     return state not in {"Z", "X"}
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a process a test started (killed when it ignores that for 30 s) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

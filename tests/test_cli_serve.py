@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from helpers import pid_alive, wait_until_sync
+from helpers import pid_alive, stop_process, wait_until_sync
 
 from greenroom.config import DEFAULT_MODEL_ID
 from greenroom.registry.weights import content_hash
@@ -65,13 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, onnx_cache_dir: Path) -> It
         assert process.poll() is None, (data_dir / "serve.log").read_text()[-3000:]
         yield url, process, data_dir
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def _ready(url: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import wait_until_sync
+from helpers import stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
@@ -120,16 +120,6 @@ def start_worker(data_dir: Path, log: Path) -> subprocess.Popen:
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_a_killed_worker_is_taken_over_and_serving_continues(
     tmp_path: Path, onnx_cache_dir: Path, tiny_model_dir: Path
 ) -> None:
@@ -196,7 +186,7 @@ def test_a_killed_worker_is_taken_over_and_serving_continues(
             assert len(app.state.runtime.ready_replicas(green)) == 2
         finally:
             for process in workers:
-                stop(process)
+                stop_process(process)
 
 
 def test_a_restart_brings_back_what_was_live(
