@@ -316,3 +316,16 @@ def test_a_repointed_model_keeps_its_old_copy_while_a_revision_names_it(
         wait_until_sync(lambda: stored_hashes(data_dir) == set(), what="the collection")
     finally:
         store.dispose()
+
+
+# ----- item 9: free text PostgreSQL cannot store -------------------------------------------------
+
+
+def test_a_description_with_nul_is_refused_not_a_500_on_postgresql(
+    tmp_path: Path, pg_database_url: str, tiny_model_dir: Path
+) -> None:
+    with serve(tmp_path / "data", database_url=pg_database_url) as url:
+        body = {"id": "nul-model", "source": str(tiny_model_dir), "description": "a\x00b"}
+        response = httpx.post(f"{url}/v1/embedding-models", json=body, headers=ADMIN_HEADERS)
+        assert response.status_code == 422, response.text
+        assert "description" in response.text

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from greenroom.deployments.schemas import NAME_PATTERN, UtcDateTime
+from greenroom.deployments.schemas import NAME_PATTERN, Description, UtcDateTime
 
 EmbeddingModelId = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
 Source = Annotated[
@@ -19,7 +19,6 @@ Source = Annotated[
         "an installed package shipping a `model` folder or being one; it is never imported)",
     ),
 ]
-Description = Annotated[str, Field(max_length=1000)]
 
 
 class EmbeddingModelCreate(BaseModel):
