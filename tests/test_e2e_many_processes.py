@@ -26,10 +26,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import wait_until_sync
+from helpers import stop_process, wait_until_sync
 from servers import ADMIN_TOKEN
 from sqlalchemy import select
-from test_e2e_rollout import call, data_dir_with_cache, embed, stop, wait_task
+from test_e2e_rollout import call, data_dir_with_cache, embed, wait_task
 
 from greenroom.db import Base, Store
 from greenroom.serving.models import LiveRevision, RouterReport
@@ -86,7 +86,7 @@ class Processes:
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
-            stop(process)
+            stop_process(process)
 
 
 @pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
