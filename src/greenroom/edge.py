@@ -30,14 +30,20 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from greenroom.auth import policy
 from greenroom.auth.deps import authenticate, bearer_token, require_scope
 from greenroom.auth.policy import required_scope
 from greenroom.config import Settings
 from greenroom.errors import GreenroomError, PayloadTooLargeError
 
-OPEN_PATHS = frozenset(
-    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/ui"}
-)
+# the policy's open routes, and what is not an API route: the API documents, the console
+OPEN_PATHS = policy.OPEN_PATHS | {
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+    "/ui",
+}
 OPEN_PREFIXES = ("/ui/",)  # the console's static files
 EMBEDDINGS_PATH = "/v1/embeddings"
 # The request line and headers together; h11 answers 400 past it. Tokens are 43 characters.
@@ -106,7 +112,7 @@ class EdgeMiddleware:
         token = bearer_token(Headers(scope=scope).get("authorization"))
         principal = await authenticate(app.state.authenticator, token)
         scope.setdefault("state", {})["principal"] = principal
-        template = route_template(app, scope)
+        template, _ = match_route(app, scope)
         if template is not None and (needed := required_scope(scope["method"], template)):
             require_scope(principal, needed)
 
@@ -155,14 +161,16 @@ def declared_length(scope: Scope) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def route_template(app: Any, scope: Scope) -> str | None:
-    """The template of the route the app's router will pick for this request: the first full
-    match, else the first path match with another method (the router answers 405 there)."""
-    partial = None
+def match_route(app: Any, scope: Scope) -> tuple[str | None, dict[str, Any]]:
+    """The template and path parameters of the route the app's router will pick for this
+    request: the first full match, else the first path match with another method (the router
+    answers 405 there); `(None, {})` when no route matches."""
+    partial: tuple[str | None, dict[str, Any]] | None = None
     for route in iter_route_contexts(app.routes):
-        match, _ = route.matches(scope)
+        match, child = route.matches(scope)
+        found = route.path_format, dict(child.get("path_params", {}))
         if match is Match.FULL:
-            return route.path_format
+            return found
         if match is Match.PARTIAL and partial is None:
-            partial = route.path_format
-    return partial
+            partial = found
+    return partial or (None, {})

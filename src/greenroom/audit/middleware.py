@@ -17,8 +17,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from fastapi.routing import iter_route_contexts
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from greenroom.audit.schemas import MAX_ID_CHARS, MAX_PATH_CHARS, AuditEntry, result_of
@@ -26,13 +24,13 @@ from greenroom.audit.service import AuditLog
 from greenroom.auth.policy import READ_METHODS
 from greenroom.auth.service import Principal
 from greenroom.db import Store, utcnow
+from greenroom.edge import EMBEDDINGS_PATH, match_route
 
 log = logging.getLogger("greenroom.audit")
-DATA_PLANE_PATH = "/v1/embeddings"
 
 
 def is_audited(method: str, path: str) -> bool:
-    data_plane = path == DATA_PLANE_PATH or path.startswith(DATA_PLANE_PATH + "/")
+    data_plane = path == EMBEDDINGS_PATH or path.startswith(EMBEDDINGS_PATH + "/")
     return method not in READ_METHODS and not data_plane
 
 
@@ -107,17 +105,8 @@ def _text(value: object, limit: int) -> str:
 
 def _route(scope: Scope) -> tuple[str | None, dict[str, Any]]:
     """The template and path parameters of the route that answered (the router leaves them in
-    the scope), or of the one the router would have picked (a refusal before routing): the first
-    full match, else the first path match with another method (a 405)."""
+    the scope), or of the one the router would have picked (a refusal before routing)."""
     template = getattr(scope.get("route"), "path_format", None)
     if template is not None and "path_params" in scope:
         return template, dict(scope["path_params"])
-    partial: tuple[str | None, dict[str, Any]] | None = None
-    for route in iter_route_contexts(scope["app"].routes):
-        match, child = route.matches(scope)
-        found = route.path_format, dict(child.get("path_params", {}))
-        if match is Match.FULL:
-            return found
-        if match is Match.PARTIAL and partial is None:
-            partial = found
-    return partial or (None, {})
+    return match_route(scope["app"], scope)
