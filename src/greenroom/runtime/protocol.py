@@ -117,26 +117,23 @@ async def authenticate(
     """The client's side; raises `ReplicaConnectionError` when the replica does not prove it
     knows the secret (or closes the connection because we did not)."""
 
-    async def exchange() -> bytes:
+    async def exchange() -> bool:
+        """Whether the replica proved it knows the secret."""
         nonce = await reader.readexactly(NONCE_BYTES)
         client_nonce = secrets.token_bytes(NONCE_BYTES)
         writer.write(client_nonce + _mac(secret, CLIENT_LABEL, nonce, client_nonce))
         await writer.drain()
         proof = await reader.readexactly(MAC_BYTES)
-        return (
-            proof
-            if hmac.compare_digest(proof, _mac(secret, REPLICA_LABEL, client_nonce, nonce))
-            else b""
-        )
+        return hmac.compare_digest(proof, _mac(secret, REPLICA_LABEL, client_nonce, nonce))
 
     try:
-        proof = await asyncio.wait_for(exchange(), HANDSHAKE_TIMEOUT_S)
+        proved = await asyncio.wait_for(exchange(), HANDSHAKE_TIMEOUT_S)
     except (TimeoutError, asyncio.IncompleteReadError) as exc:
         raise ReplicaConnectionError(
             "The replica closed the connection during the handshake: the revision's secret "
             "does not match, or it is not a greenroom replica."
         ) from exc
-    if not proof:
+    if not proved:
         raise ReplicaConnectionError(
             "The peer did not prove it knows the revision's secret; it is not its replica."
         )
