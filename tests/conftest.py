@@ -88,8 +88,8 @@ import uuid  # noqa: E402
 import psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from greenroom.db import Store  # noqa: E402
-from greenroom.migrations import upgrade  # noqa: E402
+from greenroom.store.db import Store  # noqa: E402
+from greenroom.store.migrations import upgrade  # noqa: E402
 
 PG_ENV = "GREENROOM_TEST_DATABASE_URL"
 
@@ -134,7 +134,7 @@ def _libpq(url: str) -> str:
 
 
 def _truncate_all(store: Store) -> None:
-    from greenroom.db import Base
+    from greenroom.store.db import Base
 
     with store.session_scope() as session:
         for table in reversed(Base.metadata.sorted_tables):

@@ -56,8 +56,7 @@ from greenroom.deployments.models import Deployment  # noqa: E402
 from greenroom.registry import service as registry_service  # noqa: E402
 from greenroom.registry.models import EmbeddingModel  # noqa: E402
 from greenroom.registry.schemas import EmbeddingModelCreate  # noqa: E402
-from greenroom.serving.models import LiveRevision  # noqa: E402
-from greenroom.workloads.models import Revision  # noqa: E402
+from greenroom.workloads.models import LiveRevision, Revision  # noqa: E402
 
 FAKE_CONTENT_HASH = "ab" * 32
 
@@ -139,8 +138,8 @@ from greenroom.auth.deps import authorize  # noqa: E402
 from greenroom.auth.scopes import Scope, effective_scopes  # noqa: E402
 from greenroom.auth.service import Authenticator, Principal  # noqa: E402
 from greenroom.config import Settings  # noqa: E402
-from greenroom.db import Store  # noqa: E402
 from greenroom.signals import Topic  # noqa: E402
+from greenroom.store.db import Store  # noqa: E402
 
 
 class RecordingSignals:

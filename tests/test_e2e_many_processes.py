@@ -31,9 +31,10 @@ from servers import ADMIN_TOKEN
 from sqlalchemy import select
 from test_e2e_rollout import call, data_dir_with_cache, embed, wait_task
 
-from greenroom.db import Base, Store
-from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.serving.models import RouterReport
+from greenroom.store.db import Base, Store
 from greenroom.tasks.models import Task
+from greenroom.workloads.models import LiveRevision
 
 TASKS = "/internal/inference-deployment"
 

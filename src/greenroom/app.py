@@ -25,12 +25,10 @@ from greenroom.auth.deps import authorize
 from greenroom.auth.service import Authenticator
 from greenroom.bootstrap import StartupState, bootstrap, ensure_admin_token
 from greenroom.config import Settings
-from greenroom.db import Store, ensure_private_dir
 from greenroom.deployments import views as deployments_views
 from greenroom.edge import EdgeMiddleware
 from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
-from greenroom.migrations import upgrade
 from greenroom.notify import PostgresBridge
 from greenroom.openapi import ErrorFamily, document_errors
 from greenroom.ops import views as ops_views
@@ -47,6 +45,8 @@ from greenroom.serving.router import Router
 from greenroom.serving.sync import RouterSync
 from greenroom.serving.views import is_openai_path, openai_error
 from greenroom.signals import Signals
+from greenroom.store.db import Store, ensure_private_dir
+from greenroom.store.migrations import upgrade
 from greenroom.tasks import views as tasks_views
 from greenroom.worker.loop import Worker, default_worker_id
 from greenroom.workloads import views as workloads_views

@@ -14,11 +14,11 @@ from sqlalchemy.exc import IntegrityError
 
 from greenroom.auth import service as auth_service
 from greenroom.config import Settings
-from greenroom.db import Store, ensure_private_dir
 from greenroom.errors import GreenroomError
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate
 from greenroom.signals import Signals, Topic
+from greenroom.store.db import Store, ensure_private_dir
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ModelDeploymentRequest, TaskKind

@@ -73,7 +73,7 @@ def _logging(settings: Any, level: str, name: str) -> None:
     """Log to standard error and `<data dir>/logs/<name>.log`; from here on every file this
     process and its replicas create is private to this user (umask 077: the store, the logs,
     the export cache), and the data dir and log file are tightened to 0700/0600 if wider."""
-    from greenroom.db import ensure_private_dir, ensure_private_file
+    from greenroom.store.db import ensure_private_dir, ensure_private_file
 
     os.umask(0o077)
     logs = ensure_private_dir(ensure_private_dir(settings.resolved_data_dir()) / "logs")
@@ -145,12 +145,12 @@ def worker(
     Workers never start replicas; `greenroom serve` processes own them. Use PostgreSQL to run
     several workers beside the servers.
     """
-    from greenroom.db import Store
     from greenroom.metrics import Metrics
-    from greenroom.migrations import upgrade
     from greenroom.notify import PostgresBridge
     from greenroom.rollout.runner import TaskRunner
     from greenroom.signals import Signals
+    from greenroom.store.db import Store
+    from greenroom.store.migrations import upgrade
     from greenroom.worker.loop import Worker, default_worker_id
 
     settings = _settings(
@@ -203,7 +203,7 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Apply the schema migrations (idempotent; `greenroom serve` does it on start)."""
-    from greenroom.migrations import upgrade
+    from greenroom.store.migrations import upgrade
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     settings.resolved_data_dir().mkdir(parents=True, exist_ok=True)

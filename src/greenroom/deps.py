@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from greenroom.db import Store
 from greenroom.signals import Topic
+from greenroom.store.db import Store
 
 
 def get_store(request: Request) -> Store:

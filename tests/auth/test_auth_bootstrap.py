@@ -15,8 +15,8 @@ from greenroom.auth import service as auth_service
 from greenroom.auth.service import Authenticator
 from greenroom.bootstrap import ensure_admin_token
 from greenroom.config import ADMIN_TOKEN_MIN_LENGTH, InsecureSettingError, Settings
-from greenroom.db import Store
 from greenroom.runtime.fake import FakeRuntime
+from greenroom.store.db import Store
 
 ENV_TOKEN = "bootstrap-env-token-0123456789abcdefghijkl"
 

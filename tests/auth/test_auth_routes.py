@@ -25,8 +25,8 @@ from greenroom.auth import service as auth_service
 from greenroom.auth.schemas import TokenCreate
 from greenroom.auth.scopes import Scope, effective_scopes
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.runtime.fake import FakeRuntime
+from greenroom.store.db import Store
 from greenroom.tasks import views as tasks_views
 
 OPEN_ROUTES = {"/healthz", "/readyz"}

@@ -18,8 +18,8 @@ from greenroom.auth.models import Token
 from greenroom.auth.schemas import TokenCreate
 from greenroom.auth.scopes import Scope, effective_scopes
 from greenroom.auth.service import Authenticator, Principal
-from greenroom.db import Store, utcnow
 from greenroom.errors import NotFoundError
+from greenroom.store.db import Store, utcnow
 
 URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from greenroom.auth import service as auth_service
 from greenroom.auth import views as auth_views
 from greenroom.config import Settings
-from greenroom.db import Store
+from greenroom.store.db import Store
 
 BASE = "/v1/tokens"
 ADMIN_SECRET = "views-admin-secret"

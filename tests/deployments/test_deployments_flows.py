@@ -9,11 +9,11 @@ from factories import add_embedding_model
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from greenroom.db import Store
 from greenroom.deployments import flows as deployments_flows
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.schemas import DeploymentCreate, DeploymentUpdate
 from greenroom.deployments.service import Caller
+from greenroom.store.db import Store
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import TaskKind

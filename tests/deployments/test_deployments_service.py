@@ -6,10 +6,10 @@ import pytest
 from factories import add_deployment, add_embedding_model
 
 from greenroom.config import Settings, default_threads
-from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.schemas import ConfigOverrides, ExecutorConfig
 from greenroom.errors import ConflictError, InvalidRequestError, NotFoundError
+from greenroom.store.db import Store
 
 WS = "default"
 
@@ -199,9 +199,8 @@ from greenroom.deployments.schemas import (  # noqa: E402
 from greenroom.deployments.service import Caller  # noqa: E402
 from greenroom.deployments.states import DeploymentStatus, set_status  # noqa: E402
 from greenroom.errors import InvalidTransitionError  # noqa: E402
-from greenroom.serving.models import LiveRevision  # noqa: E402
 from greenroom.tasks.models import Task  # noqa: E402
-from greenroom.workloads.models import Revision  # noqa: E402
+from greenroom.workloads.models import LiveRevision, Revision  # noqa: E402
 
 TEAM = "team"
 

@@ -22,13 +22,12 @@ from sqlalchemy import select
 from greenroom.auth.scopes import Scope, effective_scopes
 from greenroom.auth.service import Principal
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments import views as deployments_views
 from greenroom.deployments.models import Deployment
-from greenroom.serving.models import LiveRevision
 from greenroom.signals import Topic
+from greenroom.store.db import Store
 from greenroom.tasks.models import Task
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 WS = "team-a"
 BASE = f"/apis/models/v2/workspaces/{WS}"

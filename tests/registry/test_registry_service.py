@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from factories import add_embedding_model, add_live_revision, checked_model
 
-from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
 from greenroom.registry.store import PINS_DIR
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
+from greenroom.store.db import Store
 from greenroom.tasks.models import Task
 
 TIMEOUT_S = 120.0

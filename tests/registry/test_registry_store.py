@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from factories import add_embedding_model, add_live_revision
 
-from greenroom.db import Store
 from greenroom.registry.store import (
     MAX_JSON_BYTES,
     PINS_DIR,
@@ -25,8 +24,8 @@ from greenroom.registry.store import (
     unpin,
 )
 from greenroom.registry.weights import UnusableSourceError, content_hash
-from greenroom.serving.models import LiveRevision
-from greenroom.workloads.models import Revision
+from greenroom.store.db import Store
+from greenroom.workloads.models import LiveRevision, Revision
 
 BOUNDS = {"max_bytes": 1 << 30, "max_files": 1000}
 

@@ -10,10 +10,10 @@ from factories import add_embedding_model, add_live_revision, api_app
 from fastapi.testclient import TestClient
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.registry import views as registry_views
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
+from greenroom.store.db import Store
 
 BASE = "/v1/embedding-models"
 FIELDS = {

@@ -13,7 +13,6 @@ from helpers import async_test
 from test_rollout_runner import MODEL, ControlPlane, embed
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.metrics import Metrics
 from greenroom.rollout.runner import TaskRunner
 from greenroom.runtime.ray import RayRuntime
@@ -21,6 +20,7 @@ from greenroom.runtime.reconcile import Reconciler
 from greenroom.serving.router import Router
 from greenroom.serving.sync import RouterSync
 from greenroom.signals import Signals
+from greenroom.store.db import Store
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 

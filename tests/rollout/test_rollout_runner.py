@@ -17,7 +17,6 @@ from helpers import async_test
 from sqlalchemy import select
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments.models import Deployment, DeploymentConfig
 from greenroom.errors import ModelNotFoundError
 from greenroom.metrics import Metrics
@@ -26,12 +25,12 @@ from greenroom.registry.weights import content_hash, inspect_model
 from greenroom.rollout.runner import TaskRunner
 from greenroom.runtime.fake import FakeRuntime, real_engines
 from greenroom.runtime.reconcile import Reconciler
-from greenroom.serving.models import LiveRevision
 from greenroom.serving.router import Router
 from greenroom.serving.sync import RouterSync
 from greenroom.signals import Signals
+from greenroom.store.db import Store
 from greenroom.tasks.models import Task
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 MODEL = "model-a"
 

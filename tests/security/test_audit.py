@@ -29,9 +29,9 @@ from greenroom.app import create_app
 from greenroom.audit import service as audit_service
 from greenroom.audit.schemas import AuditEntry, result_of
 from greenroom.config import Settings
-from greenroom.db import Base, Store, utcnow
-from greenroom.migrations import upgrade
 from greenroom.runtime.fake import FakeRuntime
+from greenroom.store.db import Base, Store, utcnow
+from greenroom.store.migrations import upgrade
 
 TASKS = "/internal/inference-deployment"
 Server = tuple[str, FastAPI]

@@ -33,8 +33,8 @@ from greenroom.app import create_app
 from greenroom.auth import service as auth_service
 from greenroom.cli import app as cli
 from greenroom.config import InsecureSettingError, Settings
-from greenroom.db import Store, utcnow
 from greenroom.runtime.fake import FakeRuntime
+from greenroom.store.db import Store, utcnow
 
 TASKS = "/internal/inference-deployment"
 SHORT_TOKEN = "Q#7~" * 7  # 28 characters

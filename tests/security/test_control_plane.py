@@ -28,9 +28,9 @@ from sqlalchemy import select
 
 from greenroom.app import create_app
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments.models import Deployment
 from greenroom.deployments.states import DeploymentStatus, set_status
+from greenroom.store.db import Store
 
 WS = "team-a"
 API = f"/apis/models/v2/workspaces/{WS}"

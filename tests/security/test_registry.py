@@ -29,12 +29,11 @@ from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.registry import service as registry_service
 from greenroom.registry.store import PINS_DIR, collect_unreferenced
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
-from greenroom.serving.models import LiveRevision
-from greenroom.workloads.models import Revision
+from greenroom.store.db import Store
+from greenroom.workloads.models import LiveRevision, Revision
 
 MODELS = "/v1/embedding-models"
 TASKS = "/internal/inference-deployment"

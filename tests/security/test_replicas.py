@@ -38,9 +38,8 @@ from greenroom.registry.weights import inspect_model
 from greenroom.runtime import protocol
 from greenroom.runtime.base import ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError, ReplicaReplyError
-from greenroom.serving.models import LiveRevision
 from greenroom.signals import Topic
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 TASKS = "/internal/inference-deployment"
 MODEL = "tiny"

@@ -15,10 +15,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.service import ConfigPolicy, RefusedConfigError
 from greenroom.errors import ConflictError, NotFoundError
+from greenroom.store.db import Store
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ModelDeletionRequest, ModelDeploymentRequest, TaskKind

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.deployments import service as deployments_service
 from greenroom.signals import Topic
+from greenroom.store.db import Store
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks import views as tasks_views
 from greenroom.tasks.models import Task

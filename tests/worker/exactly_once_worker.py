@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TextIO
 
-from greenroom.db import Store
+from greenroom.store.db import Store
 from greenroom.tasks.states import TaskStatus, transition
 from greenroom.worker import leases
 from greenroom.worker.loop import Worker

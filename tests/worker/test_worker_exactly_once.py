@@ -18,8 +18,8 @@ from helpers import wait_until_sync
 from sqlalchemy import delete, select
 from worker_tasks import add_tasks, count_by_status
 
-from greenroom.db import Store
-from greenroom.migrations import upgrade
+from greenroom.store.db import Store
+from greenroom.store.migrations import upgrade
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
 

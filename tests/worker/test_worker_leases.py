@@ -10,7 +10,7 @@ from helpers import wait_until_sync
 from sqlalchemy import text
 from worker_tasks import add_tasks, finish, get_task
 
-from greenroom.db import Store, utcnow
+from greenroom.store.db import Store, utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
 from greenroom.worker import leases

@@ -11,9 +11,9 @@ from datetime import timedelta
 from helpers import async_test, wait_until
 from worker_tasks import add_tasks, count_by_status, finish, get_task
 
-from greenroom.db import Store, utcnow
 from greenroom.metrics import Metrics
 from greenroom.signals import Signals, Topic
+from greenroom.store.db import Store, utcnow
 from greenroom.tasks.states import TaskStatus
 from greenroom.worker import leases
 from greenroom.worker.loop import UNFINISHED, TaskHandler, Worker

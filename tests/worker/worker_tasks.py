@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from greenroom.db import Store, utcnow
+from greenroom.store.db import Store, utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus, transition
 from greenroom.worker import leases

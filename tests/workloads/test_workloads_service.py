@@ -8,13 +8,12 @@ from datetime import timedelta
 import pytest
 
 from greenroom.config import Settings
-from greenroom.db import Store, utcnow
 from greenroom.deployments.models import Deployment
 from greenroom.errors import InvalidRequestError, NotFoundError
-from greenroom.serving.models import LiveRevision
+from greenroom.store.db import Store, utcnow
 from greenroom.tasks.models import Task
 from greenroom.workloads import service
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 SETTINGS = Settings(tenant_id=7, department_id="dept", project_id="proj")
 

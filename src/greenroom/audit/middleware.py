@@ -23,8 +23,8 @@ from greenroom.audit.schemas import MAX_ID_CHARS, MAX_PATH_CHARS, AuditEntry, re
 from greenroom.audit.service import AuditLog
 from greenroom.auth.policy import READ_METHODS
 from greenroom.auth.service import Principal
-from greenroom.db import Store, utcnow
 from greenroom.edge import EMBEDDINGS_PATH, match_route
+from greenroom.store.db import Store, utcnow
 
 log = logging.getLogger("greenroom.audit")
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from greenroom.db import Base, utcnow
+from greenroom.store.db import Base, utcnow
 
 
 class AuditEvent(Base):

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from greenroom.audit.models import AuditEvent
 from greenroom.audit.schemas import AuditEntry
-from greenroom.db import Store
 from greenroom.deployments.service import Page
+from greenroom.store.db import Store
 
 log = logging.getLogger("greenroom.audit")
 RETAINED_EVENTS = 1_000_000

@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session
 from greenroom.auth.models import Token
 from greenroom.auth.schemas import TokenCreate
 from greenroom.auth.scopes import Scope, effective_scopes
-from greenroom.db import Store, utcnow
 from greenroom.errors import NotFoundError
+from greenroom.store.db import Store, utcnow
 
 SECRET_BYTES = 32
 CACHE_TTL_S = 5.0  # how long another process may still accept a token revoked elsewhere

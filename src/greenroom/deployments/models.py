@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from greenroom.db import Base, utcnow
+from greenroom.store.db import Base, utcnow
 
 
 def new_id() -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 from greenroom.config import Engine, Quantization, RuntimeTarget, default_threads
 from greenroom.deployments.models import Deployment, DeploymentConfig
 from greenroom.runtime.environment import ENV_NAME_PATTERN, MAX_ENV_VALUE_CHARS, MAX_ENV_VARS
-from greenroom.serving.models import LiveRevision
+from greenroom.workloads.models import LiveRevision
 
 # ----- executor settings: each bound is written once, here, and every model that carries the
 # setting (ExecutorConfig, ExecutorConfigUpdate, ConfigOverrides) annotates its field with it.

@@ -42,10 +42,9 @@ from greenroom.errors import (
 )
 from greenroom.registry.models import EmbeddingModel
 from greenroom.runtime.environment import ALLOWED_ENV_NAMES, env_problem
-from greenroom.serving.models import LiveRevision
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TERMINAL_TASK_STATUSES
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 DEFAULT_WORKSPACE = "default"
 DEFAULT_ENGINE = "onnx"

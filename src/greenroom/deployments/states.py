@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from greenroom.db import utcnow
 from greenroom.deployments.models import Deployment
+from greenroom.store.db import utcnow
 
 HISTORY_LIMIT = 100
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from greenroom.db import Base, utcnow
+from greenroom.store.db import Base, utcnow
 
 
 class EmbeddingModel(Base):

@@ -51,10 +51,9 @@ from greenroom.registry.store import (
     unpin_when_done,
 )
 from greenroom.registry.weights import UnusableSourceError, inspect_model, resolve_source
-from greenroom.serving.models import LiveRevision
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TERMINAL_TASK_STATUSES
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 log = logging.getLogger("greenroom.registry")
 DOES_NOT_LOAD = (

@@ -32,9 +32,9 @@ from typing import BinaryIO
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from greenroom.db import Store, ensure_private_dir
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import UnusableSourceError, content_hash
+from greenroom.store.db import Store, ensure_private_dir
 from greenroom.workloads.models import Revision
 
 log = logging.getLogger("greenroom.registry.store")

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from greenroom.db import utcnow
+from greenroom.store.db import utcnow
 
 
 class RolloutStep(StrEnum):

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
-from greenroom.db import Store
 from greenroom.metrics import Metrics
 from greenroom.rollout import steps
 from greenroom.rollout.plan import (
@@ -30,6 +29,7 @@ from greenroom.rollout.plan import (
     next_step,
 )
 from greenroom.signals import Signals
+from greenroom.store.db import Store
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus, transition
 from greenroom.worker import leases

@@ -16,7 +16,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings, default_threads
-from greenroom.db import Store, utcnow
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.models import Deployment, DeploymentConfig, split_served_name
 from greenroom.deployments.schemas import ServingSettings
@@ -25,10 +24,11 @@ from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import inspect_model
 from greenroom.rollout.plan import StepFailed, StepStatus
 from greenroom.rollout.probes import ProbeError, embed_probes, mean_cosine, smoke_problem
-from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.serving.models import RouterReport
 from greenroom.signals import Signals, Topic
+from greenroom.store.db import Store, utcnow
 from greenroom.tasks.models import Task
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 from greenroom.workloads.states import RevisionPhase, set_phase
 
 T = TypeVar("T")

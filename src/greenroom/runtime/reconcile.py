@@ -20,13 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from greenroom.config import default_threads
-from greenroom.db import Store, utcnow
 from greenroom.deployments.models import Deployment
 from greenroom.deployments.states import DeploymentStatus, set_status
 from greenroom.runtime.base import ReplicaStatus, RevisionSpec, RuntimeBackend
-from greenroom.serving.models import LiveRevision
 from greenroom.signals import Signals, Topic
-from greenroom.workloads.models import Revision
+from greenroom.store.db import Store, utcnow
+from greenroom.workloads.models import LiveRevision, Revision
 from greenroom.workloads.states import RevisionPhase, set_phase
 
 log = logging.getLogger("greenroom.reconcile")

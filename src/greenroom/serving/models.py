@@ -1,4 +1,4 @@
-"""The live-revision pointer per served name, and what each router reports."""
+"""What each router reports: the router sync writes it, the rollout reads it."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ from typing import Any
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from greenroom.db import Base, utcnow
-
-
-class LiveRevision(Base):
-    """Which revision serves a name now; routers follow this pointer."""
-
-    __tablename__ = "live_revisions"
-
-    served_name: Mapped[str] = mapped_column(String(511), primary_key=True)
-    revision_id: Mapped[str] = mapped_column(String(36))
-    previous_revision_id: Mapped[str | None] = mapped_column(String(36))
-    deployment_id: Mapped[str] = mapped_column(String(36))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+from greenroom.store.db import Base, utcnow
 
 
 class RouterReport(Base):

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from greenroom.db import Store, utcnow
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import inspect_model
 from greenroom.runtime.base import ReplicaStatus
-from greenroom.serving.models import LiveRevision, RouterReport
+from greenroom.serving.models import RouterReport
 from greenroom.serving.replicas import StoreReplicas, replicas_from_report
 from greenroom.serving.router import Router, ServedRevision
 from greenroom.signals import Signals, Topic
-from greenroom.workloads.models import Revision
+from greenroom.store.db import Store, utcnow
+from greenroom.workloads.models import LiveRevision, Revision
 
 log = logging.getLogger("greenroom.router.sync")
 

@@ -18,12 +18,11 @@ from greenroom.deployments.schemas import TEXT_PATTERN
 from greenroom.deployments.service import ConfigPolicy
 from greenroom.errors import ModelSourceError, NotFoundError
 from greenroom.registry.weights import content_hash
-from greenroom.serving.models import LiveRevision
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ServedName, TaskKind
 from greenroom.tasks.states import TaskStatus, transition
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 
 
 class RollbackRequest(BaseModel):

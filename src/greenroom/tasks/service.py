@@ -16,12 +16,12 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from greenroom.db import utcnow
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.models import DeploymentConfig, served_name, split_served_name
 from greenroom.deployments.service import DEFAULT_WORKSPACE
 from greenroom.errors import ConflictError, GreenroomError, NotFoundError
 from greenroom.registry import service as registry_service
+from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ModelDeletionRequest, ModelDeploymentRequest, TaskKind
 from greenroom.tasks.states import TaskStatus, transition

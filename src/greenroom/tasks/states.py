@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from greenroom.db import utcnow
+from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
 
 

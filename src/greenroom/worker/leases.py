@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from greenroom.db import utcnow
+from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus, transition
 

@@ -30,9 +30,9 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from greenroom.db import Store
 from greenroom.metrics import Metrics
 from greenroom.signals import MAX_WAIT_S, Signals, Topic
+from greenroom.store.db import Store
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
 from greenroom.worker import leases

@@ -1,4 +1,5 @@
-"""The revision table: a snapshot of what runs, its desired replicas and what was reported."""
+"""Revisions (a snapshot of what runs, its desired replicas, what was reported) and the
+live-revision pointer of each served name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from greenroom.db import Base, utcnow
+from greenroom.store.db import Base, utcnow
 
 
 def new_replica_secret() -> str:
@@ -54,3 +55,15 @@ class Revision(Base):
             "config": self.config,
             "runtime": self.runtime,
         }
+
+
+class LiveRevision(Base):
+    """Which revision serves a name now; routers follow this pointer."""
+
+    __tablename__ = "live_revisions"
+
+    served_name: Mapped[str] = mapped_column(String(511), primary_key=True)
+    revision_id: Mapped[str] = mapped_column(String(36))
+    previous_revision_id: Mapped[str | None] = mapped_column(String(36))
+    deployment_id: Mapped[str] = mapped_column(String(36))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

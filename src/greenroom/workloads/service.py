@@ -12,9 +12,8 @@ from greenroom.deployments.models import Deployment, served_name
 from greenroom.deployments.schemas import shown_envs
 from greenroom.deployments.states import DeploymentStatus
 from greenroom.errors import InvalidRequestError, NotFoundError
-from greenroom.serving.models import LiveRevision
 from greenroom.tasks.models import Task
-from greenroom.workloads.models import Revision
+from greenroom.workloads.models import LiveRevision, Revision
 from greenroom.workloads.schemas import ReadyCondition, RequestedPods, RevisionRead, WorkloadRead
 from greenroom.workloads.states import RevisionPhase
 

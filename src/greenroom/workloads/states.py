@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from greenroom.db import utcnow
+from greenroom.store.db import utcnow
 from greenroom.workloads.models import Revision
 
 

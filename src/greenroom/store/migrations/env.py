@@ -11,7 +11,7 @@ import greenroom.registry.models
 import greenroom.serving.models
 import greenroom.tasks.models
 import greenroom.workloads.models  # noqa: F401 - registers the tables
-from greenroom.db import Base, make_engine
+from greenroom.store.db import Base, make_engine
 
 config = context.config
 

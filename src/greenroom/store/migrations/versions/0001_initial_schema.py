@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import greenroom.db
+import greenroom.store.db
 
 revision = "0001"
 down_revision = None
@@ -33,8 +33,8 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(length=255), nullable=False),
         sa.Column("model_revision", sa.String(length=64), nullable=True),
         sa.Column("executor_config", sa.JSON(), nullable=False),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_deployment_configs")),
         sa.UniqueConstraint(
             "workspace", "name", "entity_version", name=op.f("uq_deployment_configs_workspace")
@@ -56,8 +56,8 @@ def upgrade() -> None:
         sa.Column("status_history", sa.JSON(), nullable=False),
         sa.Column("model_provider_id", sa.String(length=255), nullable=True),
         sa.Column("auth_context", sa.JSON(), nullable=False),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_deployments")),
         sa.UniqueConstraint("revision_id", name=op.f("uq_deployments_revision_id")),
         sa.UniqueConstraint(
@@ -79,8 +79,8 @@ def upgrade() -> None:
         sa.Column("pooling", sa.String(length=32), nullable=False),
         sa.Column("normalize", sa.Boolean(), nullable=False),
         sa.Column("allow_dimensions", sa.Boolean(), nullable=False),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_embedding_models")),
     )
     op.create_table(
@@ -89,7 +89,7 @@ def upgrade() -> None:
         sa.Column("revision_id", sa.String(length=36), nullable=False),
         sa.Column("previous_revision_id", sa.String(length=36), nullable=True),
         sa.Column("deployment_id", sa.String(length=36), nullable=False),
-        sa.Column("updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("served_name", name=op.f("pk_live_revisions")),
     )
     op.create_table(
@@ -106,13 +106,15 @@ def upgrade() -> None:
         sa.Column("runtime", sa.String(length=16), nullable=False),
         sa.Column("phase", sa.String(length=16), nullable=False),
         sa.Column("phase_message", sa.String(length=1000), nullable=True),
-        sa.Column("phase_updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "phase_updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.Column("desired_replicas", sa.Integer(), nullable=False),
         sa.Column("ready_replicas", sa.Integer(), nullable=False),
         sa.Column("replicas", sa.JSON(), nullable=False),
-        sa.Column("reported_at", greenroom.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("deleted_at", greenroom.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("reported_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_revisions")),
     )
     with op.batch_alter_table("revisions", schema=None) as batch_op:
@@ -126,7 +128,7 @@ def upgrade() -> None:
         sa.Column("router_id", sa.String(length=64), nullable=False),
         sa.Column("live", sa.JSON(), nullable=False),
         sa.Column("in_flight", sa.JSON(), nullable=False),
-        sa.Column("heartbeat_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("router_id", name=op.f("pk_router_reports")),
     )
     op.create_table(
@@ -139,10 +141,10 @@ def upgrade() -> None:
         sa.Column("request", sa.JSON(), nullable=False),
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("lease_owner", sa.String(length=64), nullable=True),
-        sa.Column("lease_expires_at", greenroom.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:

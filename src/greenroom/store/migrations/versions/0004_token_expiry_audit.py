@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import greenroom.db
+import greenroom.store.db
 
 revision = "0004"
 down_revision = "0003"
@@ -21,12 +21,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("tokens") as batch:
         batch.add_column(
-            sa.Column("expires_at", greenroom.db.UTCDateTime(timezone=True), nullable=True)
+            sa.Column("expires_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True)
         )
     op.create_table(
         "audit_events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("principal_id", sa.String(length=36), nullable=True),
         sa.Column("principal_name", sa.String(length=255), nullable=True),
         sa.Column("client", sa.String(length=64), nullable=True),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import greenroom.db
+import greenroom.store.db
 
 revision = "0002"
 down_revision = "0001"
@@ -26,9 +26,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("scopes", sa.JSON(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", greenroom.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", greenroom.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", greenroom.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", greenroom.store.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_tokens_token_hash")),
     )
