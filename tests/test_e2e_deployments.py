@@ -4,6 +4,9 @@ A config and a deployment in workspace `team-a` through the deployments API: the
 READY and `/v1/embeddings` serves it as `team-a/emb`; a new version goes READY and takes over; a
 DELETE answers 202, the deployment ends DELETED and the name stops serving; a second DELETE
 answers 204 and the name is free again.
+
+A version made through the Tasks API (by its rollout) and one made through the deployments API
+record the same principal: the token's id, its scopes as groups (issue 10).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from helpers import wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
+from greenroom.auth.scopes import Scope, effective_scopes
 from greenroom.config import Settings
 
 API = "/apis/models/v2/workspaces/team-a"
@@ -140,3 +144,45 @@ def test_a_deployment_in_a_workspace_rolls_out_serves_updates_and_is_deleted(
     assert reborn["entity_version"] == 1 and reborn["id"] != created["id"]
     wait_status(server, 1, "READY")
     np.testing.assert_allclose(embed(server), original, rtol=1e-5)
+
+
+def test_both_apis_record_the_same_principal(server: str, tiny_model_dir: Path) -> None:
+    """The Tasks API's deploy creates its version in the rollout, the deployments API in the
+    request: both record the token's id as `principal_id` and its scopes as
+    `principal_groups`; the tasks record the token's name as `initiated_by`."""
+    call(
+        "POST",
+        f"{server}/v1/embedding-models",
+        201,
+        json={"id": "tiny-emb", "source": str(tiny_model_dir)},
+    )
+    token = call("POST", f"{server}/v1/tokens", 201, json={"name": "alice", "scopes": ["deploy"]})
+    alice = {"Authorization": f"Bearer {token['token']}"}
+
+    def as_alice(method: str, url: str, status: int, **kwargs: Any) -> Any:
+        response = httpx.request(method, url, timeout=120, headers=alice, **kwargs)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    config = {"name": "emb-config", "model_spec": {"model_name": "tiny-emb"}}
+    as_alice("POST", f"{server}{API}/deployment-configs", 201, json=config)
+    through_deployments = as_alice(
+        "POST", f"{server}{API}/deployments", 201, json={"name": "emb", "config": "emb-config"}
+    )
+    task = as_alice("POST", f"{server}{TASKS}/deploy", 200, json={"embedding_model_id": "tiny-emb"})
+    default = "/apis/models/v2/workspaces/default/deployments/tiny-emb"
+
+    def created_by_the_rollout() -> bool:
+        return request("GET", f"{server}{default}").status_code == 200
+
+    wait_until_sync(created_by_the_rollout, deadline_s=DEADLINE_S, interval_s=0.2, what="v1")
+    through_tasks = call("GET", f"{server}{default}", 200)
+
+    groups = sorted(str(scope) for scope in effective_scopes([Scope.DEPLOY]))
+    for version in (through_deployments, through_tasks):
+        assert version["auth_context"]["principal_id"] == token["id"]
+        assert version["auth_context"]["principal_groups"] == groups
+    assert through_tasks["auth_context"] == through_deployments["auth_context"]
+    assert task["metadata"]["initiated_by"] == "alice"
+    deploy_of_version = call("GET", f"{server}{TASKS}/deploy-status/{SERVED}", 200)
+    assert deploy_of_version["metadata"]["initiated_by"] == "alice"

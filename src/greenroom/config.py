@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -25,6 +26,39 @@ class InsecureSettingError(Exception):
     ValueError on purpose: pydantic would wrap it with the offending value, a secret here."""
 
 
+# ----- the built-in allow-list of a replica's environment (a config's `additional_envs`);
+# GREENROOM_EXTRA_ENV_NAMES widens it.
+# Thread pools, BLAS back-ends and GPU device selection: numbers and device lists, never code.
+ALLOWED_ENV_NAMES = frozenset(
+    {
+        "OMP_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+        "OMP_PROC_BIND",
+        "OMP_PLACES",
+        "OMP_DYNAMIC",
+        "OMP_MAX_ACTIVE_LEVELS",
+        "MKL_NUM_THREADS",
+        "MKL_DYNAMIC",
+        "OPENBLAS_NUM_THREADS",
+        "BLIS_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "KMP_AFFINITY",
+        "KMP_BLOCKTIME",
+        "ORT_NUM_THREADS",
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "NVIDIA_VISIBLE_DEVICES",
+        "TOKENIZERS_PARALLELISM",
+    }
+)
+
+
+def parse_env_names(value: str) -> frozenset[str]:
+    """`GREENROOM_EXTRA_ENV_NAMES`: names separated by commas or spaces."""
+    return frozenset(name for name in re.split(r"[,\s]+", value.strip()) if name)
+
+
 class Settings(BaseSettings):
     """Server settings, read from `GREENROOM_*` environment variables (12-factor)."""
 
@@ -34,11 +68,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     runtime: RuntimeTarget = "local"
-    # Whether this API process runs the supervisor (the reconciler of desired replicas). Local
-    # replicas die with the process that owns them, so among several `greenroom serve` processes
-    # on one machine exactly one runs it; the others (false) route to the replicas it reports to
-    # the store. With the Ray runtime every process keeps it on (Ray replicas are shared).
+    # Whether this API process takes part in the supervisor election (greenroom.leadership): per
+    # runtime target one `greenroom serve` leads and runs the reconciler of desired replicas,
+    # the others stand by and take over when it dies; false: never (it only routes). Every
+    # router routes to the replicas the leader reports to the store.
     supervisor: bool = True
+    # How often a standby supervisor tries to take the lead (and a leader checks its lock).
+    leader_retry_s: float = Field(default=1.0, gt=0.0)
 
     # The model deployed on first start; empty id disables it (tests start bare servers).
     default_model_id: str = DEFAULT_MODEL_ID
@@ -65,7 +101,7 @@ class Settings(BaseSettings):
     ray_http_port: int | None = None
 
     # Authentication: the admin token's value (automation, CI); unset, the first start creates one
-    # and writes it to `<data dir>/admin.token` (api/auth.md).
+    # and writes it to `<data dir>/admin.token` (docs/api/auth.md).
     admin_token: SecretStr | None = None
 
     @field_validator("admin_token")
@@ -90,6 +126,15 @@ class Settings(BaseSettings):
     drain_grace_s: float = 30.0
     compatibility_threshold: float = 0.99
     smoke_latency_bound_s: float = 5.0
+    # TEST ONLY, off by default: "<kind>:<step>" (e.g. "deploy:start_green", "delete:stop"). The
+    # task runner kills its own process with SIGKILL right after step <step> of a <kind> task
+    # (deploy | delete) is recorded finished in the store, so the crash tests can stop a worker
+    # at every step boundary. Never set it in production.
+    test_crash_at: str | None = Field(
+        default=None,
+        pattern=r"^(deploy|delete):[a-z_]+$",
+        description="test only: SIGKILL the worker right after this '<kind>:<step>' is recorded",
+    )
     # Registration: how long the load check of a new model may take.
     registration_timeout_s: float = 300.0
 
@@ -107,7 +152,7 @@ class Settings(BaseSettings):
     # Security (issue 9). Runtime targets a deployment config may name besides `runtime` (the
     # server's default is always enabled): comma-separated, e.g. `ray`.
     extra_runtimes: str = ""
-    # Names added to the allow-list of `additional_envs` (runtime/environment.py).
+    # Names added to the allow-list of `additional_envs` (greenroom/schemas.py).
     extra_env_names: str = ""
 
     def enabled_runtimes(self) -> frozenset[str]:
@@ -115,9 +160,7 @@ class Settings(BaseSettings):
         return frozenset({self.runtime, *extra})
 
     def allowed_env_names(self) -> frozenset[str]:
-        from greenroom.runtime.environment import allowed_env_names, parse_env_names
-
-        return allowed_env_names(parse_env_names(self.extra_env_names))
+        return ALLOWED_ENV_NAMES | parse_env_names(self.extra_env_names)
 
     # Registration (issue 9): bounds on a model directory, copied into `<data dir>/models`
     # (all-mpnet-base-v2 is 438 MB; a full Hugging Face clone with its ONNX variants a few GB).

@@ -1,4 +1,4 @@
-"""The deployments API over HTTP (api/deployments.md): paths, fields, defaults, limits, status
+"""The deployments API over HTTP (docs/api/deployments.md): paths, fields, defaults, limits, status
 codes and error texts, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -976,7 +976,7 @@ def test_nul_bytes_in_free_text_are_422(client: TestClient) -> None:
 
 def test_names_stored_before_the_ascii_rule_still_read(client: TestClient, store: Store) -> None:
     from greenroom.deployments.models import DeploymentConfig
-    from greenroom.deployments.schemas import ExecutorConfig
+    from greenroom.schemas import ExecutorConfig
 
     with store.session_scope() as db_session:
         db_session.add(

@@ -1,124 +1,59 @@
-"""Deployment config schemas (api/deployments.md): the serving settings of a model."""
+"""The deployments API's schemas (docs/api/deployments.md): deployment configs (the serving
+settings of a model), deployment versions and their status, and what the deployments domain
+takes from others as plain values (`RegisteredModel`, `LivePointer`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
-from greenroom.config import Engine, Quantization, RuntimeTarget, default_threads
+from greenroom.config import Engine, Quantization, RuntimeTarget
 from greenroom.deployments.models import Deployment, DeploymentConfig
-from greenroom.runtime.environment import ENV_NAME_PATTERN, MAX_ENV_VALUE_CHARS, MAX_ENV_VARS
-from greenroom.workloads.models import LiveRevision
-
-# ----- executor settings: each bound is written once, here, and every model that carries the
-# setting (ExecutorConfig, ExecutorConfigUpdate, ConfigOverrides) annotates its field with it.
-
-GPU = Field(ge=0, le=16, description="GPUs per replica; 0 runs on the CPU")
-REPLICAS = Field(ge=1, le=64, description="replicas of a revision")
-MAX_BATCH_SIZE = Field(ge=1, le=2048, description="inputs per engine batch")
-MAX_BATCH_TOKENS = Field(ge=1, le=1_048_576, description="padded tokens per engine batch")
-MAX_QUEUE = Field(ge=1, le=65_536, description="inputs waiting per served name")
-THREADS = Field(ge=1, le=256, description="engine threads per replica")
-EnvName = Annotated[str, Field(pattern=rf"^{ENV_NAME_PATTERN.pattern}$")]
-EnvValue = Annotated[str, Field(max_length=MAX_ENV_VALUE_CHARS)]
-ADDITIONAL_ENVS = Field(
-    max_length=MAX_ENV_VARS,
-    description="replica environment variables; names from the server's allow-list "
-    "(thread, BLAS, ONNX Runtime and CUDA device variables, and GREENROOM_EXTRA_ENV_NAMES); "
-    "values are shown as *** to callers without the deploy scope",
+from greenroom.schemas import (
+    ADDITIONAL_ENVS,
+    GPU,
+    MAX_BATCH_SIZE,
+    MAX_BATCH_TOKENS,
+    MAX_QUEUE,
+    MAX_VERSION,
+    REPLICAS,
+    RUNTIME,
+    TEXT_PATTERN,
+    THREADS,
+    AdditionalEnvs,
+    Description,
+    Name,
+    Pagination,
+    Project,
+    UtcDateTime,
+    shown_envs,
 )
-RUNTIME = Field(
-    description="where the revision runs; absent: the server's default. Another runtime must "
-    "be enabled by the operator (GREENROOM_EXTRA_RUNTIMES)"
-)
-AdditionalEnvs = dict[EnvName, EnvValue]
-MASKED_VALUE = "***"
 
 
-class ExecutorConfig(BaseModel):
-    """How a revision runs and batches; defaults are the contract's."""
+class RegisteredModel(Protocol):
+    """What a config needs of a registered embedding model (the registry's row fits)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    gpu: Annotated[int, GPU] = 0
-    replicas: Annotated[int, REPLICAS] = 1
-    quantization: Quantization = "none"
-    max_batch_size: Annotated[int, MAX_BATCH_SIZE] = 32
-    max_batch_tokens: Annotated[int, MAX_BATCH_TOKENS] = 8192
-    max_queue: Annotated[int, MAX_QUEUE] = 1024
-    threads: Annotated[int, THREADS] = Field(default_factory=default_threads)
-    runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
-    additional_envs: Annotated[AdditionalEnvs, ADDITIONAL_ENVS] = Field(default_factory=dict)
+    @property
+    def id(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
 
 
-class ServingSettings(ExecutorConfig):
-    """An executor config together with the engine: everything a revision needs to serve."""
+class LivePointer(Protocol):
+    """What a deployment read shows of its served name's live-revision pointer (the workloads
+    domain's row fits)."""
 
-    engine: Engine = "onnx"
-
-
-class ConfigOverrides(BaseModel):
-    """Flat overrides of a deployment config (api/tasks.md `config`): `engine` is the config's
-    own field, the others live in its executor config, with ExecutorConfig's bounds. A key
-    given as null goes back to its default; a key left out is kept."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: Engine | None = None
-    quantization: Quantization | None = None
-    replicas: Annotated[int | None, REPLICAS] = None
-    max_batch_size: Annotated[int | None, MAX_BATCH_SIZE] = None
-    max_batch_tokens: Annotated[int | None, MAX_BATCH_TOKENS] = None
-    max_queue: Annotated[int | None, MAX_QUEUE] = None
-    threads: Annotated[int | None, THREADS] = None
-    runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The overrides the caller gave, nulls included (they reset a key to its default)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+    @property
+    def revision_id(self) -> str: ...
+    @property
+    def previous_revision_id(self) -> str | None: ...
 
 
-OVERRIDE_KEYS = frozenset(ConfigOverrides.model_fields)
+# ----- the deployments API (docs/api/deployments.md) ---------------------------------------------
 
-
-def shown_envs(envs: Mapping[str, str], *, reveal: bool) -> dict[str, str]:
-    """`additional_envs` as a caller sees them: the values only with the `deploy` scope."""
-    return dict(envs) if reveal else dict.fromkeys(envs, MASKED_VALUE)
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-# A datetime that serialises as RFC 3339 in UTC with a `Z` (every API response uses it).
-UtcDateTime = Annotated[
-    datetime,
-    PlainSerializer(_rfc3339, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-
-
-# ----- the deployments API (api/deployments.md) --------------------------------------------------
-
-# A name (deployment, config, workspace, model id, each part of a project or served name):
-# ASCII letters, digits, `_`, `-` and `.`, but not `.` or `..` (no homoglyphs, nothing a path
-# could read as a parent). Written without look-arounds, which pydantic's regex engine lacks.
-NAME_PART = r"(?:\.*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})"
-NAME_PATTERN = rf"^{NAME_PART}$"
-PROJECT_PATTERN = rf"^{NAME_PART}(?:/{NAME_PART})*$"
-SERVED_NAME_PATTERN = rf"^(?:{NAME_PART}/)?{NAME_PART}$"  # `name` or `workspace/name`
-Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
-Project = Annotated[str, Field(min_length=1, max_length=255, pattern=PROJECT_PATTERN)]
-# Free text: bounded, and without NUL, which PostgreSQL cannot store (a 500 otherwise).
-TEXT_PATTERN = r"^[^\x00]*$"
-Description = Annotated[str, Field(max_length=1000, pattern=TEXT_PATTERN)]
 StatusMessage = Annotated[str, Field(max_length=1000, pattern=TEXT_PATTERN)]
 ModelProviderId = Annotated[str, Field(max_length=255, pattern=TEXT_PATTERN)]
-# Versions are 32-bit in the store: larger numbers are refused before any query.
-MAX_VERSION = 2**31 - 1
 ConfigVersion = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 DeploymentStatusName = Literal[
     "UNKNOWN", "CREATED", "PENDING", "READY", "ERROR", "DELETING", "DELETED", "LOST"
@@ -205,14 +140,6 @@ class DeploymentConfigRead(BaseModel):
     engine: Engine
     model_spec: ModelSpec
     executor_config: ExecutorConfigRead
-
-
-class Pagination(BaseModel):
-    page: int
-    page_size: int
-    current_page_size: int
-    total_pages: int
-    total_results: int
 
 
 class DeploymentConfigPage(BaseModel):
@@ -317,7 +244,7 @@ def config_read(config: DeploymentConfig, *, reveal_envs: bool = False) -> Deplo
     )
 
 
-def deployment_read(deployment: Deployment, live: LiveRevision | None) -> DeploymentRead:
+def deployment_read(deployment: Deployment, live: LivePointer | None) -> DeploymentRead:
     """A version as the API shows it; `live` is the served name's live-revision pointer."""
     return DeploymentRead(
         id=deployment.id,

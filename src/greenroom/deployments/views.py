@@ -1,4 +1,4 @@
-"""The deployments API (api/deployments.md): deployment configs and deployments, per workspace.
+"""The deployments API (docs/api/deployments.md): deployment configs and deployments, per workspace.
 
 Thin views: parse, call one service (or flow) function, shape the response. A new deployment
 version queues a deploy task and a DELETE of something that runs a delete task; workers are woken
@@ -19,13 +19,12 @@ from greenroom.auth.deps import CurrentPrincipal
 from greenroom.auth.scopes import Scope
 from greenroom.auth.service import Principal
 from greenroom.config import Settings
+from greenroom.deployments import configs as deployments_configs
 from greenroom.deployments import flows as deployments_flows
 from greenroom.deployments import service as deployments_service
+from greenroom.deployments.configs import ConfigPolicy
 from greenroom.deployments.models import Deployment
 from greenroom.deployments.schemas import (
-    MAX_VERSION,
-    NAME_PATTERN,
-    PROJECT_PATTERN,
     DeploymentConfigCreate,
     DeploymentConfigPage,
     DeploymentConfigRead,
@@ -36,11 +35,12 @@ from greenroom.deployments.schemas import (
     DeploymentStatusName,
     DeploymentStatusUpdate,
     DeploymentUpdate,
-    Pagination,
     config_read,
     deployment_read,
 )
 from greenroom.deps import DbSession, notify_workers_after_commit
+from greenroom.pagination import parse_version
+from greenroom.schemas import MAX_VERSION, NAME_PATTERN, PROJECT_PATTERN
 
 api_router = APIRouter(prefix="/apis/models/v2/workspaces/{workspace}", tags=["deployments"])
 
@@ -71,7 +71,7 @@ def _sort_pattern(fields: tuple[str, ...]) -> str:
     return rf"^-?({'|'.join(fields)})$"
 
 
-ConfigSort = Annotated[str, Query(pattern=_sort_pattern(deployments_service.CONFIG_SORT_FIELDS))]
+ConfigSort = Annotated[str, Query(pattern=_sort_pattern(deployments_configs.CONFIG_SORT_FIELDS))]
 DeploymentSort = Annotated[
     str, Query(pattern=_sort_pattern(deployments_service.DEPLOYMENT_SORT_FIELDS))
 ]
@@ -93,7 +93,7 @@ def list_configs(
     model_name: FilterName = None,
 ) -> DeploymentConfigPage:
     filters = _given(name=name, project=project, model_name=model_name)
-    result = deployments_service.list_configs(
+    result = deployments_configs.list_configs(
         db_session,
         workspace=workspace,
         page=page,
@@ -103,7 +103,7 @@ def list_configs(
     )
     return DeploymentConfigPage(
         data=[config_read(config, reveal_envs=_reveals_envs(principal)) for config in result.items],
-        pagination=_pagination(result),
+        pagination=result.pagination(),
         sort=sort,
         filter=filters,
     )
@@ -123,7 +123,7 @@ def create_config(
     principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
     executor_config = config_in.executor_config.model_dump(mode="json", exclude_none=True)
-    config = deployments_service.create_config(
+    config = deployments_flows.create_config(
         db_session,
         workspace=workspace,
         name=config_in.name,
@@ -142,7 +142,7 @@ def create_config(
 def get_config(
     workspace: Workspace, name: Name, db_session: DbSession, principal: CurrentPrincipal
 ) -> DeploymentConfigRead:
-    config = deployments_service.get_latest_config_or_raise(
+    config = deployments_configs.get_latest_config_or_raise(
         db_session, workspace=workspace, name=name
     )
     return config_read(config, reveal_envs=_reveals_envs(principal))
@@ -152,7 +152,7 @@ def get_config(
 def list_config_versions(
     workspace: Workspace, name: Name, db_session: DbSession, principal: CurrentPrincipal
 ) -> list[DeploymentConfigRead]:
-    versions = deployments_service.list_config_versions(db_session, workspace=workspace, name=name)
+    versions = deployments_configs.list_config_versions(db_session, workspace=workspace, name=name)
     return [config_read(config, reveal_envs=_reveals_envs(principal)) for config in versions]
 
 
@@ -168,11 +168,11 @@ def get_config_version(
     db_session: DbSession,
     principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
-    config = deployments_service.get_config_or_raise(
+    config = deployments_configs.get_config_or_raise(
         db_session,
         workspace=workspace,
         name=name,
-        version=deployments_service.parse_version(version),
+        version=parse_version(version),
     )
     return config_read(config, reveal_envs=_reveals_envs(principal))
 
@@ -191,7 +191,7 @@ def update_config(
     request: Request,
     principal: CurrentPrincipal,
 ) -> DeploymentConfigRead:
-    config = deployments_service.update_config(
+    config = deployments_flows.update_config(
         db_session,
         workspace=workspace,
         name=name,
@@ -205,7 +205,7 @@ def update_config(
     "/deployment-configs/{name}", status_code=HTTPStatus.NO_CONTENT, responses=CONFLICT
 )
 def delete_config(workspace: Workspace, name: Name, db_session: DbSession) -> Response:
-    deployments_service.delete_config(db_session, workspace=workspace, name=name)
+    deployments_flows.delete_config(db_session, workspace=workspace, name=name)
     return Response(status_code=HTTPStatus.NO_CONTENT)
 
 
@@ -217,11 +217,11 @@ def delete_config(workspace: Workspace, name: Name, db_session: DbSession) -> Re
 def delete_config_version(
     workspace: Workspace, name: Name, version: Version, db_session: DbSession
 ) -> Response:
-    deployments_service.delete_config(
+    deployments_flows.delete_config(
         db_session,
         workspace=workspace,
         name=name,
-        version=deployments_service.parse_version(version),
+        version=parse_version(version),
     )
     return Response(status_code=HTTPStatus.NO_CONTENT)
 
@@ -254,7 +254,7 @@ def list_deployments(
     )
     return DeploymentPage(
         data=_deployment_reads(db_session, result.items),
-        pagination=_pagination(result),
+        pagination=result.pagination(),
         sort=sort,
         filter=filters,
     )
@@ -277,7 +277,7 @@ def create_deployment(
         db_session,
         workspace=workspace,
         deployment_in=deployment_in,
-        caller=caller(principal),
+        principal=principal,
         deployment_target=_settings(request).runtime,
         policy=_policy(request),
     )
@@ -313,7 +313,7 @@ def get_deployment_version(
         db_session,
         workspace=workspace,
         name=name,
-        version=deployments_service.parse_version(version),
+        version=parse_version(version),
     )
     return _deployment_read(db_session, deployment)
 
@@ -337,7 +337,7 @@ def create_deployment_version(
         workspace=workspace,
         name=name,
         deployment_in=deployment_in,
-        caller=caller(principal),
+        principal=principal,
         deployment_target=_settings(request).runtime,
         policy=_policy(request),
     )
@@ -355,11 +355,11 @@ def update_deployment_status(
     db_session: DbSession,
     version: VersionQuery = None,
 ) -> DeploymentRead:
-    deployment = deployments_service.update_status(
+    deployment = deployments_flows.update_status(
         db_session,
         workspace=workspace,
         name=name,
-        version=deployments_service.parse_version(version) if version is not None else None,
+        version=parse_version(version) if version is not None else None,
         status_in=status_in,
     )
     return _deployment_read(db_session, deployment)
@@ -404,16 +404,11 @@ def delete_deployment_version(
     request: Request,
     principal: CurrentPrincipal,
 ) -> Response:
-    number = deployments_service.parse_version(version)
+    number = parse_version(version)
     return _delete(db_session, request, principal, workspace=workspace, name=name, version=number)
 
 
 # ----- helpers -----------------------------------------------------------------------------------
-
-
-def caller(principal: Principal) -> deployments_service.Caller:
-    """Who is calling, as the deployment's `auth_context` and the task's `initiated_by` record."""
-    return deployments_service.Caller(id=principal.id, name=principal.name)
 
 
 def _delete(
@@ -430,7 +425,7 @@ def _delete(
         workspace=workspace,
         name=name,
         version=version,
-        caller=caller(principal),
+        principal=principal,
     )
     if deletion.removed or deletion.deployment is None:
         return Response(status_code=HTTPStatus.NO_CONTENT)
@@ -446,22 +441,10 @@ def _deployment_read(db_session: Session, deployment: Deployment) -> DeploymentR
 
 def _deployment_reads(db_session: Session, deployments: list[Deployment]) -> list[DeploymentRead]:
     """Reads of these versions, with the live pointers of their served names (one query)."""
-    live = deployments_service.live_revisions(
-        db_session, served_names=(deployment.served_name for deployment in deployments)
-    )
+    live = deployments_flows.live_revisions(db_session, deployments=deployments)
     return [
         deployment_read(deployment, live.get(deployment.served_name)) for deployment in deployments
     ]
-
-
-def _pagination(result: deployments_service.Page[Any]) -> Pagination:
-    return Pagination(
-        page=result.page,
-        page_size=result.page_size,
-        current_page_size=len(result.items),
-        total_pages=result.total_pages,
-        total_results=result.total,
-    )
 
 
 def _given(**filters: str | None) -> dict[str, str]:
@@ -473,9 +456,9 @@ def _settings(request: Request) -> Settings:
     return settings if settings is not None else Settings()
 
 
-def _policy(request: Request) -> deployments_service.ConfigPolicy:
+def _policy(request: Request) -> ConfigPolicy:
     """What configs written or deployed through this server may name."""
-    return deployments_service.ConfigPolicy.of(_settings(request))
+    return ConfigPolicy.of(_settings(request))
 
 
 def _reveals_envs(principal: Principal) -> bool:
