@@ -1,24 +1,34 @@
-"""Workloads: a deployment seen from the cluster's side, and its revisions."""
+"""Workloads: revisions (what runs, its desired replicas, what the runtime reported) and the
+live-revision pointer of each served name. Only this module writes them.
+
+Every phase change goes through `states.transition()`; a move the state machine refuses is
+logged and ignored here (a rollout step or a reconcile pass never crashes on one). Functions
+are keyword-only, led by `db_session`, and never commit: the caller's session scope does.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from greenroom.config import Settings
-from greenroom.deployments.models import Deployment, served_name
-from greenroom.deployments.schemas import shown_envs
-from greenroom.deployments.states import DeploymentStatus
 from greenroom.errors import InvalidRequestError, NotFoundError
-from greenroom.tasks.models import Task
+from greenroom.store.db import utcnow
 from greenroom.workloads.models import LiveRevision, Revision
-from greenroom.workloads.schemas import ReadyCondition, RequestedPods, RevisionRead, WorkloadRead
-from greenroom.workloads.states import RevisionPhase
+from greenroom.workloads.schemas import LiveHealth, ReadyCondition, RevisionSnapshot
+from greenroom.workloads.states import RevisionPhase, TransitionResult, transition
+
+log = logging.getLogger("greenroom.workloads")
 
 NOT_FOUND = "Resource id not found."
 REPLICA_COMMAND = "python -m greenroom.runtime.replica"
+INITIALIZING_MESSAGE = "replicas loading and warming up"
+TERMINATING_MESSAGE = "draining and stopping"
 
 
 def parse_id(value: str) -> str:
@@ -29,70 +39,40 @@ def parse_id(value: str) -> str:
         raise InvalidRequestError(f"Invalid id '{value}': must be a UUID") from None
 
 
-def get_workload_or_raise(
-    db_session: Session, *, workload_id: str, settings: Settings
-) -> WorkloadRead:
-    versions = db_session.scalars(
-        select(Deployment)
-        .where(Deployment.id == parse_id(workload_id))
-        .order_by(Deployment.entity_version)
-    ).all()
-    if not versions:
-        raise NotFoundError(NOT_FOUND)
-    first, latest = versions[0], versions[-1]
-    name = served_name(latest.workspace, latest.name)
-    live = db_session.get(LiveRevision, name)
-    deleted = latest.status in (DeploymentStatus.DELETED, DeploymentStatus.DELETING)
-    return WorkloadRead(
-        name=latest.name,
-        workloadId=latest.id,
-        projectId=latest.project or settings.project_id,
-        departmentId=settings.department_id,
-        clusterId=settings.cluster_id,
-        createdBy=(first.auth_context or {}).get("principal_id"),
-        createdAt=first.created_at,
-        deletedAt=latest.updated_at if latest.status == DeploymentStatus.DELETED else None,
-        desiredPhase="Deleted" if deleted else ("Running" if live else "Stopped"),
-        actualPhase=_actual_phase(db_session, name, live),
+# ----- revisions: read ---------------------------------------------------------------------------
+
+
+def get_revision(db_session: Session, *, revision_id: str) -> Revision | None:
+    return db_session.get(Revision, revision_id)
+
+
+def get_revision_or_fail(db_session: Session, *, revision_id: str) -> Revision:
+    """The revision; NotFoundError (`Revision <id> does not exist.`) when there is none."""
+    revision = get_revision(db_session, revision_id=revision_id)
+    if revision is None:
+        raise NotFoundError(f"Revision {revision_id} does not exist.")
+    return revision
+
+
+def revisions_by_id(db_session: Session, *, revision_ids: Iterable[str]) -> list[Revision]:
+    """The revisions among these ids that exist (one query), in id order."""
+    ids = sorted(set(revision_ids))
+    if not ids:
+        return []
+    return list(
+        db_session.scalars(select(Revision).where(Revision.id.in_(ids)).order_by(Revision.id))
     )
 
 
-def _actual_phase(db_session: Session, name: str, live: LiveRevision | None) -> str:
-    rolling = db_session.scalar(
-        select(func.count())
-        .select_from(Task)
-        .where(Task.embedding_model_id == name, Task.kind == "deploy", Task.status == "processing")
-    )
-    if rolling:
-        return "Updating"
-    if live is None:
-        return RevisionPhase.STOPPED
-    revision = db_session.get(Revision, live.revision_id)
-    return revision.phase if revision else RevisionPhase.STOPPED
+def revisions_of(db_session: Session, *, served_name: str) -> list[Revision]:
+    """Every revision of a served name, oldest first."""
+    query = select(Revision).where(Revision.served_name == served_name)
+    return list(db_session.scalars(query.order_by(Revision.created_at, Revision.id)))
 
 
-def list_revisions(
-    db_session: Session,
-    *,
-    workload_id: str,
-    deleted: bool | None,
-    settings: Settings,
-    reveal_envs: bool = False,
-) -> list[RevisionRead]:
-    query = _revisions_query(db_session, workload_id=workload_id, deleted=deleted)
-    revisions = db_session.scalars(query.order_by(Revision.created_at, Revision.id)).all()
-    return [to_read(db_session, r, settings, reveal_envs=reveal_envs) for r in revisions]
-
-
-def count_revisions(db_session: Session, *, workload_id: str, deleted: bool | None) -> int:
-    query = _revisions_query(db_session, workload_id=workload_id, deleted=deleted)
-    return db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
-
-
-def _revisions_query(db_session: Session, *, workload_id: str, deleted: bool | None) -> Select:
-    """The workload's revisions, only deleted ones or only live ones when `deleted` says so."""
-    workload_id = parse_id(workload_id)
-    _require_workload(db_session, workload_id)
+def revisions_of_workload_query(*, workload_id: str, deleted: bool | None) -> Select:
+    """A workload's revisions (its deployment id), only retired ones or only others when
+    `deleted` says so."""
     query = select(Revision).where(Revision.deployment_id == workload_id)
     if deleted is not None:
         column = Revision.deleted_at
@@ -100,55 +80,266 @@ def _revisions_query(db_session: Session, *, workload_id: str, deleted: bool | N
     return query
 
 
-def get_revision_or_raise(
-    db_session: Session, *, revision_id: str, settings: Settings, reveal_envs: bool = False
-) -> RevisionRead:
-    revision = db_session.get(Revision, parse_id(revision_id))
+def list_revisions_of_workload(
+    db_session: Session, *, workload_id: str, deleted: bool | None
+) -> list[Revision]:
+    """A workload's revisions, oldest first (`deleted`: see `revisions_of_workload_query`)."""
+    query = revisions_of_workload_query(workload_id=workload_id, deleted=deleted)
+    return list(db_session.scalars(query.order_by(Revision.created_at, Revision.id)))
+
+
+def count_revisions_of_workload(
+    db_session: Session, *, workload_id: str, deleted: bool | None
+) -> int:
+    query = revisions_of_workload_query(workload_id=workload_id, deleted=deleted)
+    return db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+def desired_revisions(db_session: Session, *, runtimes: set[str]) -> list[Revision]:
+    """The revisions of these runtime targets that ask for replicas (the reconciler's target)."""
+    query = select(Revision).where(
+        Revision.desired_replicas > 0, Revision.runtime.in_(sorted(runtimes))
+    )
+    return list(db_session.scalars(query))
+
+
+def has_replicas(revision: Revision) -> bool:
+    """Whether replicas of the revision are wanted or reported."""
+    return bool(revision.desired_replicas or revision.ready_replicas or revision.replicas)
+
+
+def is_stopped(db_session: Session, *, revision_id: str) -> bool:
+    """Nothing of the revision is ready and the runtime reports no replica of it."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    return revision.ready_replicas == 0 and not revision.replicas
+
+
+def ready_or_broken(
+    db_session: Session, *, revision_id: str, failed_starts: int
+) -> tuple[bool, str | None]:
+    """(True, None) once every desired replica is ready; (False, message) when a replica that
+    is not ready has failed to start `failed_starts` times (the message is that replica's own);
+    (False, None) while it is still coming up."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    if revision.ready_replicas >= revision.desired_replicas > 0:
+        return True, None
+    for replica in revision.replicas:
+        if replica["state"] != "ready" and replica["restarts"] >= failed_starts:
+            return False, str(replica["message"])
+    return False, None
+
+
+def referenced_model_paths(db_session: Session) -> set[str]:
+    """The weights directory of every revision (the registry keeps those weights)."""
+    return set(db_session.scalars(select(Revision.model_path).distinct()))
+
+
+def referenced_content_hashes(db_session: Session) -> set[str]:
+    """The content hash of every revision's weights (the registry keeps those weights)."""
+    return set(db_session.scalars(select(Revision.content_hash).distinct()))
+
+
+def get_rollback_target(
+    db_session: Session, *, served_name: str, revision_id: str | None
+) -> Revision:
+    """The revision a roll back of `served_name` deploys again: `revision_id` when given (it
+    must be one of the name's), else the live pointer's previous revision, else the newest
+    Stopped one that is not live. NotFoundError (one sentence) when there is none."""
+    if revision_id is not None:
+        revision = get_revision(db_session, revision_id=revision_id)
+        if revision is None or revision.served_name != served_name:
+            raise NotFoundError(f"Revision `{revision_id}` of `{served_name}` is not found")
+        return revision
+    live = get_live(db_session, served_name=served_name)
+    if live is None:
+        raise NotFoundError(
+            f"Embedding model `{served_name}` has no live revision to roll back from"
+        )
+    previous_id = live.previous_revision_id or db_session.scalar(
+        select(Revision.id)
+        .where(Revision.served_name == served_name, Revision.id != live.revision_id)
+        .where(Revision.phase == RevisionPhase.STOPPED)
+        .order_by(Revision.created_at.desc())
+        .limit(1)
+    )
+    previous = get_revision(db_session, revision_id=previous_id) if previous_id else None
+    if previous is None:
+        raise NotFoundError(
+            f"Embedding model `{served_name}` has no earlier revision to roll back to"
+        )
+    return previous
+
+
+# ----- the live pointer ----------------------------------------------------------------------
+
+
+def get_live(db_session: Session, *, served_name: str) -> LiveRevision | None:
+    return db_session.get(LiveRevision, served_name)
+
+
+def live_revisions(db_session: Session, *, served_names: Iterable[str]) -> dict[str, LiveRevision]:
+    """The live-revision pointer of each of these served names that has one (one query)."""
+    names = sorted(set(served_names))
+    if not names:
+        return {}
+    rows = db_session.scalars(select(LiveRevision).where(LiveRevision.served_name.in_(names)))
+    return {row.served_name: row for row in rows}
+
+
+def live_revision_ids(db_session: Session) -> set[str]:
+    """The id of every revision that is live under some served name."""
+    return set(db_session.scalars(select(LiveRevision.revision_id)))
+
+
+def live_pointers(db_session: Session) -> list[tuple[LiveRevision, Revision]]:
+    """Every live pointer with the revision it points to (one query), by served name."""
+    rows = db_session.execute(
+        select(LiveRevision, Revision)
+        .join(Revision, Revision.id == LiveRevision.revision_id)
+        .order_by(LiveRevision.served_name)
+    ).all()
+    return [(live, revision) for live, revision in rows]
+
+
+def point_live(
+    db_session: Session, *, served_name: str, revision_id: str, deployment_id: str
+) -> None:
+    """Point `served_name` at the revision (the previous one is remembered) and record it
+    Running: the switch."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    live = get_live(db_session, served_name=served_name)
+    if live is None:
+        live = LiveRevision(served_name=served_name, revision_id=revision_id)
+        db_session.add(live)
+    if live.revision_id != revision_id:
+        live.previous_revision_id = live.revision_id
+        live.revision_id = revision_id
+    live.deployment_id = deployment_id
+    _move(revision, RevisionPhase.RUNNING)
+
+
+def unroute(db_session: Session, *, served_name: str) -> str | None:
+    """Remove the served name's live pointer; the id of the revision it pointed to, or None
+    when nothing was live."""
+    live = get_live(db_session, served_name=served_name)
+    if live is None:
+        return None
+    revision_id = live.revision_id
+    db_session.delete(live)
+    return revision_id
+
+
+# ----- revisions: write ----------------------------------------------------------------------
+
+
+def create_revision(
+    db_session: Session,
+    *,
+    revision_id: str,
+    deployment_id: str,
+    served_name: str,
+    snapshot: RevisionSnapshot,
+) -> Revision:
+    """Store the snapshot as a new revision, phase Creating, no replicas asked for yet."""
+    revision = Revision(
+        id=revision_id,
+        deployment_id=deployment_id,
+        served_name=served_name,
+        embedding_model_id=snapshot.embedding_model_id,
+        source=snapshot.source,
+        model_path=snapshot.model_path,
+        content_hash=snapshot.content_hash,
+        engine=snapshot.engine,
+        config=snapshot.config,
+        runtime=snapshot.runtime,
+        phase=RevisionPhase.CREATING,  # the initial phase, not a transition
+    )
+    db_session.add(revision)
+    db_session.flush()
+    return revision
+
+
+def want_replicas(db_session: Session, *, revision_id: str) -> int:
+    """Ask for the revision's configured replicas (the reconciler starts them) and record it
+    Initializing; the number asked for. A revision the phase machine will not initialise (a
+    Failed or retired one: a step resumed after its roll back began) gets no replicas again."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    asked_before = revision.desired_replicas
+    revision.desired_replicas = int(revision.config.get("replicas", 1))
+    if not _move(revision, RevisionPhase.INITIALIZING, INITIALIZING_MESSAGE).accepted:
+        revision.desired_replicas = asked_before
+    return revision.desired_replicas
+
+
+def withdraw(db_session: Session, *, revision_id: str) -> None:
+    """Ask for no replicas of the revision; it is Terminating unless already Failed or Stopped."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    revision.desired_replicas = 0
+    if not RevisionPhase(revision.phase).is_final():
+        _move(revision, RevisionPhase.TERMINATING, TERMINATING_MESSAGE)
+
+
+def mark_failed(db_session: Session, *, revision_id: str, reason: str) -> None:
+    """Record the revision Failed, `reason` its phase message."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    _move(revision, RevisionPhase.FAILED, reason)
+
+
+def record_retired(
+    db_session: Session, *, revision_id: str, phase: RevisionPhase, message: str
+) -> None:
+    """Record the revision retired (its replicas stopped, or given up on): `phase` (Stopped or
+    Failed) with `message`, and `deleted_at` (the first time only)."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    _move(revision, phase, message)
+    revision.deleted_at = revision.deleted_at or utcnow()
+
+
+def record_replicas(
+    db_session: Session,
+    *,
+    revision_id: str,
+    replicas: list[dict[str, Any]],
+    ready: int,
+    now: datetime,
+) -> LiveHealth | None:
+    """Write the runtime's report of a revision's replicas. For the live revision of its name,
+    while Running or Degraded: Running with every desired replica ready, Degraded with fewer,
+    and its health returned (the deployment status is decided from it). None otherwise, or
+    when the revision no longer exists."""
+    revision = get_revision(db_session, revision_id=revision_id)
     if revision is None:
-        raise NotFoundError(NOT_FOUND)
-    return to_read(db_session, revision, settings, reveal_envs=reveal_envs)
+        return None
+    revision.replicas = replicas
+    revision.ready_replicas = ready
+    revision.reported_at = now
+    live = get_live(db_session, served_name=revision.served_name)
+    if live is None or live.revision_id != revision.id:
+        return None
+    if not RevisionPhase(revision.phase).is_serving():
+        return None
+    return _record_health(revision)
 
 
-def _require_workload(db_session: Session, workload_id: str) -> None:
-    exists = db_session.scalar(
-        select(func.count()).select_from(Deployment).where(Deployment.id == workload_id)
-    )
-    if not exists:
-        raise NotFoundError(NOT_FOUND)
+def _record_health(revision: Revision) -> LiveHealth:
+    ready, wanted = revision.ready_replicas, revision.desired_replicas
+    if ready >= wanted:
+        _move(revision, RevisionPhase.RUNNING)
+        return LiveHealth(revision_id=revision.id, ready=ready, wanted=wanted)
+    reasons = "; ".join(sorted({r["message"] for r in revision.replicas if r["message"]}))
+    _move(revision, RevisionPhase.DEGRADED, f"{ready} of {wanted} replicas ready: {reasons}")
+    return LiveHealth(revision_id=revision.id, ready=ready, wanted=wanted, reasons=reasons)
 
 
-def to_read(
-    db_session: Session, revision: Revision, settings: Settings, *, reveal_envs: bool = False
-) -> RevisionRead:
-    """A revision as the API shows it; `environmentVariables` values only with `reveal_envs`
-    (a caller with the `deploy` scope)."""
-    deployment = db_session.scalars(
-        select(Deployment).where(Deployment.revision_id == revision.id)
-    ).first()
-    config = revision.config
-    return RevisionRead(
-        name=deployment.name if deployment else revision.served_name,
-        id=revision.id,
-        workloadId=revision.deployment_id,
-        tenantId=settings.tenant_id,
-        clusterId=settings.cluster_id,
-        projectId=(deployment.project if deployment else None) or settings.project_id,
-        departmentId=settings.department_id,
-        createdAt=revision.created_at,
-        deletedAt=revision.deleted_at,
-        requestedNodePools=[revision.runtime],
-        currentNodePools=[revision.runtime] if revision.ready_replicas else [],
-        requestedPods=RequestedPods(number=int(config.get("replicas", 1))),
-        runningPods=revision.ready_replicas,
-        images=[f"{revision.source}@sha256:{revision.content_hash}"],
-        command=REPLICA_COMMAND,
-        arguments=replica_arguments(revision),
-        environmentVariables=shown_envs(config.get("additional_envs") or {}, reveal=reveal_envs),
-        phase=revision.phase,
-        phaseMessage=revision.phase_message,
-        phaseUpdatedAt=revision.phase_updated_at,
-        conditions=[ready_condition(revision)],
-    )
+def _move(revision: Revision, to: RevisionPhase, message: str | None = None) -> TransitionResult:
+    """A system move: refused ones are logged and ignored, never raised."""
+    result = transition(revision, to, message=message)
+    if not result.accepted:
+        log.warning("phase change of revision %s ignored: %s", revision.id, result.reason)
+    return result
+
+
+# ----- what the workloads API shows of a revision ---------------------------------------------
 
 
 def replica_arguments(revision: Revision) -> str:

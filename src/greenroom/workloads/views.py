@@ -1,4 +1,4 @@
-"""The workloads API (api/workloads.md) under `/api/v1/workloads/inferences`."""
+"""The workloads API (`docs/api/workloads.md`) under `/api/v1/workloads/inferences`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from greenroom.auth.deps import CurrentPrincipal
 from greenroom.auth.scopes import Scope
 from greenroom.config import Settings
 from greenroom.deps import DbSession
-from greenroom.workloads import service as workloads_service
+from greenroom.workloads import flows as workloads_flows
 from greenroom.workloads.schemas import RevisionCount, RevisionList, RevisionRead, WorkloadRead
 
 api_router = APIRouter(prefix="/api/v1/workloads/inferences", tags=["workloads"])
@@ -23,7 +23,7 @@ def _settings(request: Request) -> Settings:
 def get_revision(
     revision_id: str, db_session: DbSession, request: Request, principal: CurrentPrincipal
 ) -> RevisionRead:
-    return workloads_service.get_revision_or_raise(
+    return workloads_flows.get_revision_or_raise(
         db_session,
         revision_id=revision_id,
         settings=_settings(request),
@@ -33,7 +33,7 @@ def get_revision(
 
 @api_router.get("/{workload_id}", response_model=WorkloadRead)
 def get_workload(workload_id: str, db_session: DbSession, request: Request) -> WorkloadRead:
-    return workloads_service.get_workload_or_raise(
+    return workloads_flows.get_workload_or_raise(
         db_session, workload_id=workload_id, settings=_settings(request)
     )
 
@@ -46,7 +46,7 @@ def list_revisions(
     principal: CurrentPrincipal,
     deleted: bool | None = None,
 ) -> RevisionList:
-    revisions = workloads_service.list_revisions(
+    revisions = workloads_flows.list_revisions(
         db_session,
         workload_id=workload_id,
         deleted=deleted,
@@ -60,5 +60,5 @@ def list_revisions(
 def count_revisions(
     workload_id: str, db_session: DbSession, deleted: bool | None = None
 ) -> RevisionCount:
-    count = workloads_service.count_revisions(db_session, workload_id=workload_id, deleted=deleted)
+    count = workloads_flows.count_revisions(db_session, workload_id=workload_id, deleted=deleted)
     return RevisionCount(count=count)
