@@ -5,155 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import async_test
-from sqlalchemy import select
+from helpers import async_test, wait_until
+from plane import MODEL, ControlPlane, control_plane, embed, steps_by_name
 
-from greenroom.config import Settings
-from greenroom.deployments.models import Deployment, DeploymentConfig
 from greenroom.errors import ModelNotFoundError
-from greenroom.metrics import Metrics
-from greenroom.registry.models import EmbeddingModel
-from greenroom.registry.weights import content_hash, inspect_model
-from greenroom.rollout.runner import TaskRunner
-from greenroom.runtime.fake import FakeRuntime, real_engines
-from greenroom.runtime.reconcile import Reconciler
-from greenroom.serving.router import Router
-from greenroom.serving.sync import RouterSync
-from greenroom.signals import Signals
+from greenroom.rollout import runner as runner_module
 from greenroom.store.db import Store
-from greenroom.tasks.models import Task
-from greenroom.workloads.models import LiveRevision, Revision
 
-MODEL = "model-a"
-
-
-@dataclass
-class ControlPlane:
-    store: Store
-    runtime: FakeRuntime
-    router: Router
-    runner: TaskRunner
-
-    def run_task(self, kind: str, **metadata: Any) -> str:
-        task_id = f"{kind}-{uuid.uuid4().hex}"
-        with self.store.session_scope() as session:
-            session.add(
-                Task(
-                    id=task_id,
-                    kind=kind,
-                    embedding_model_id=MODEL,
-                    status="processing",
-                    task_metadata={"initiated_by": "test", "workspace": "default", **metadata},
-                )
-            )
-        return task_id
-
-    async def deploy(self, **metadata: Any) -> Task:
-        task_id = self.run_task("deploy", **metadata)
-        await self.runner(task_id)
-        return self.task(task_id)
-
-    async def delete(self) -> Task:
-        task_id = self.run_task("delete")
-        await self.runner(task_id)
-        return self.task(task_id)
-
-    def task(self, task_id: str) -> Task:
-        with self.store.session_scope() as session:
-            task = session.get(Task, task_id)
-            assert task is not None
-            return task
-
-    def live_revision(self) -> str | None:
-        with self.store.session_scope() as session:
-            live = session.get(LiveRevision, MODEL)
-            return live.revision_id if live else None
-
-    def revision(self, revision_id: str) -> Revision:
-        with self.store.session_scope() as session:
-            revision = session.get(Revision, revision_id)
-            assert revision is not None
-            return revision
-
-    def deployments(self) -> list[Deployment]:
-        with self.store.session_scope() as session:
-            return list(
-                session.scalars(select(Deployment).order_by(Deployment.entity_version)).all()
-            )
-
-    def point_model_at(self, path: Path, **config: Any) -> None:
-        """Register or re-point the model (new weights), and add a config version."""
-        info = inspect_model(path)
-        with self.store.session_scope() as session:
-            model = session.get(EmbeddingModel, MODEL) or EmbeddingModel(id=MODEL)
-            model.source = model.path = str(path)
-            model.content_hash = content_hash(path)
-            model.dimension, model.max_seq_length = info.dimension, info.max_seq_length
-            model.pooling, model.normalize = info.pooling, info.normalize
-            session.add(model)
-            versions = session.scalars(
-                select(DeploymentConfig.entity_version).where(DeploymentConfig.name == MODEL)
-            ).all()
-            if config or not versions:
-                session.add(
-                    DeploymentConfig(
-                        workspace="default",
-                        name=MODEL,
-                        entity_version=max(versions, default=0) + 1,
-                        model_name=MODEL,
-                        executor_config={"threads": 1, **config},
-                    )
-                )
-
-
-@contextlib.asynccontextmanager
-async def control_plane(
-    store: Store, onnx_cache_dir: Path, tmp_path: Path, *, auto_restart: bool = True
-) -> AsyncIterator[ControlPlane]:
-    settings = Settings(data_dir=tmp_path, drain_grace_s=5, rollout_ready_timeout_s=60)
-    signals = Signals()
-    runtime = FakeRuntime(real_engines(onnx_cache_dir), auto_restart=auto_restart)
-    metrics = Metrics()
-    router = Router(runtime, metrics, settings)
-    loops = [
-        asyncio.create_task(
-            Reconciler(store, runtime, signals, target="local", lost_after_s=0.3).run()
-        ),
-        asyncio.create_task(RouterSync(store, router, signals).run()),
-    ]
-    try:
-        yield ControlPlane(store, runtime, router, TaskRunner(store, signals, settings, metrics))
-    finally:
-        for loop in loops:
-            loop.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        await router.close()
-        await runtime.close()
-
-
-def steps_by_name(task: Task) -> dict[str, str]:
-    return {step["name"]: step["status"] for step in task.task_metadata.get("steps", [])}
-
-
-async def embed(plane: ControlPlane, text: str = "hello world") -> np.ndarray:
-    for _ in range(100):  # the router follows the store within a second
-        with contextlib.suppress(ModelNotFoundError):
-            return (await plane.router.embed(MODEL, [text])).vectors[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("the model is not served")
-
-
-@pytest.fixture
-def paths(tiny_model_dir: Path, tiny_model_2_dir: Path) -> tuple[Path, Path]:
-    return tiny_model_dir, tiny_model_2_dir
+__all__ = ["MODEL", "ControlPlane", "embed"]  # test_rollout_ray runs the same plane on Ray
 
 
 @async_test
@@ -261,10 +127,7 @@ async def test_delete_withdraws_the_model(
         assert plane.live_revision() is None
         assert plane.revision(revision_id).phase == "Stopped"
         assert plane.deployments()[-1].status == "DELETED"
-        for _ in range(40):
-            if plane.router.live(MODEL) is None:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: plane.router.live(MODEL) is None, what="the router to drop it")
         with pytest.raises(ModelNotFoundError):
             await plane.router.embed(MODEL, ["x"])
 
@@ -278,10 +141,10 @@ async def test_a_worker_dying_mid_rollout_is_resumed_by_the_next(
         plane.runtime.ready_gate.clear()  # green's replicas will not turn ready
         task_id = plane.run_task("deploy")
         first_worker = asyncio.create_task(plane.runner(task_id))
-        for _ in range(200):
-            if steps_by_name(plane.task(task_id)).get("start_green") == "running":
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: steps_by_name(plane.task(task_id)).get("start_green") == "running",
+            what="start_green to run",
+        )
         first_worker.cancel()  # the worker dies in the middle of start_green
         with contextlib.suppress(asyncio.CancelledError):
             await first_worker
@@ -342,14 +205,6 @@ async def test_requests_keep_succeeding_through_a_switch(
         assert results and set(results) == {"ok"}
 
 
-async def wait_for_state(check: Any, what: str) -> None:
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} did not happen")
-
-
 @async_test
 async def test_replicas_down_turn_degraded_then_lost_and_recover(
     store: Store, onnx_cache_dir: Path, tmp_path: Path, paths: tuple[Path, Path]
@@ -358,17 +213,48 @@ async def test_replicas_down_turn_degraded_then_lost_and_recover(
         plane.point_model_at(paths[0], replicas=2)
         revision_id = (await plane.deploy()).task_metadata["revision_id"]
         await plane.runtime.crash(f"{revision_id}-0")
-        await wait_for_state(lambda: plane.revision(revision_id).phase == "Degraded", "Degraded")
+        await wait_until(lambda: plane.revision(revision_id).phase == "Degraded", what="Degraded")
         assert "1 of 2 replicas ready" in plane.revision(revision_id).phase_message
         assert plane.deployments()[-1].status == "READY"  # one replica still serves
         await plane.runtime.crash(f"{revision_id}-1")
-        await wait_for_state(lambda: plane.deployments()[-1].status == "LOST", "LOST")
+        await wait_until(lambda: plane.deployments()[-1].status == "LOST", what="LOST")
         assert (
             "Every replica of the live revision is down" in plane.deployments()[-1].status_message
         )
         await plane.runtime.restart(f"{revision_id}-0")
         await plane.runtime.restart(f"{revision_id}-1")
-        await wait_for_state(lambda: plane.deployments()[-1].status == "READY", "READY again")
-        await wait_for_state(lambda: plane.revision(revision_id).phase == "Running", "Running")
+        await wait_until(lambda: plane.deployments()[-1].status == "READY", what="READY again")
+        await wait_until(lambda: plane.revision(revision_id).phase == "Running", what="Running")
         statuses = [entry["status"] for entry in plane.deployments()[-1].status_history]
         assert statuses[-2:] == ["LOST", "READY"]
+
+
+@async_test
+async def test_test_crash_at_kills_the_process_right_after_the_step_is_recorded(
+    store: Store,
+    onnx_cache_dir: Path,
+    tmp_path: Path,
+    paths: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Settings.test_crash_at` (test only): SIGKILL right after `deploy:start_green` is recorded
+    done in the store, before smoke_test starts. The kill is recorded here instead of done."""
+    kills: list[dict[str, str]] = []
+    async with control_plane(store, onnx_cache_dir, tmp_path) as plane:
+        plane.point_model_at(paths[0])
+        task_id = plane.run_task("deploy")
+
+        def kill(pid: int, signum: int) -> None:
+            assert (pid, signum) == (os.getpid(), signal.SIGKILL)
+            kills.append(steps_by_name(plane.task(task_id)))
+
+        monkeypatch.setattr(runner_module.os, "kill", kill)
+        plane.runner.settings = plane.runner.settings.model_copy(
+            update={"test_crash_at": "deploy:start_green"}
+        )
+        await plane.runner(task_id)
+        assert len(kills) == 1
+        assert kills[0]["start_green"] == "done" and kills[0]["smoke_test"] == "pending"
+        assert plane.task(task_id).status == "done"  # the kill was only recorded
+        await plane.runner(plane.run_task("delete"))  # another kind: no kill
+        assert len(kills) == 1

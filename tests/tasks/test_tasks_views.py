@@ -1,4 +1,4 @@
-"""The Deployment Tasks API over HTTP (api/tasks.md): paths, shapes, status codes, error texts."""
+"""The Deployment Tasks API over HTTP (docs/api/tasks.md): paths, shapes, status codes, errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from factories import RecordingSignals, add_deployment, add_embedding_model, api_app
+from factories import (
+    ADMIN_PRINCIPAL,
+    RecordingSignals,
+    add_deployment,
+    add_embedding_model,
+    api_app,
+)
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from greenroom.config import Settings
-from greenroom.deployments import service as deployments_service
+from greenroom.deployments import flows as deployments_flows
 from greenroom.signals import Topic
 from greenroom.store.db import Store
 from greenroom.tasks import service as tasks_service
@@ -71,7 +77,24 @@ def test_deploy_accepts_model_id_and_config_overrides(client: TestClient) -> Non
     body = {"model_id": "embed-deploy-123", "config": {"replicas": 2, "max_batch_size": 16}}
     task = post(client, "/deploy", body)
     assert task["embedding_model_id"] == "embed-deploy-123"
-    assert task["metadata"]["config_version"] == 2
+    # Issue 10: the overrides become config version 2 only when the task runs; until then the
+    # metadata names no version (it used to show 2 at once) and keeps the overrides to itself.
+    assert "config_version" not in task["metadata"]
+    assert "config_overrides" not in task["metadata"]
+    assert get(client, f"/deploy/{task['id']}") == task
+
+
+def test_a_deploy_through_the_api_records_the_token(client: TestClient, store: Store) -> None:
+    """The admin token's id and scopes are kept for the version the rollout creates (issue 10:
+    one principal record), its name is `initiated_by`; the API shows only the name."""
+    task = post(client, "/deploy", {"embedding_model_id": "embed-deploy-123"})
+    assert task["metadata"]["initiated_by"] == "admin"
+    assert "principal_id" not in task["metadata"]
+    with store.session_scope() as db_session:
+        row = db_session.get(Task, task["id"])
+        assert row is not None
+        assert row.task_metadata["principal_id"] == ADMIN_PRINCIPAL.id
+        assert row.task_metadata["principal_groups"] == sorted(ADMIN_PRINCIPAL.scopes)
 
 
 def test_deploy_with_a_client_id_is_idempotent(client: TestClient) -> None:
@@ -182,7 +205,7 @@ def test_deploy_status_is_the_latest_deploy_task(client: TestClient) -> None:
 
 def test_deploy_and_status_of_a_workspace_deployment(client: TestClient, store: Store) -> None:
     with store.session_scope() as db_session:
-        deployments_service.create_config(
+        deployments_flows.create_config(
             db_session, workspace="team", name="cfg", model_name="embed-deploy-123"
         )
         add_deployment(db_session, workspace="team", name="search", config="cfg")

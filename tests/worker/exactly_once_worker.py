@@ -19,8 +19,8 @@ import time
 from typing import TextIO
 
 from greenroom.store.db import Store
+from greenroom.tasks import leases
 from greenroom.tasks.states import TaskStatus, transition
-from greenroom.worker import leases
 from greenroom.worker.loop import Worker
 
 CONCURRENCY = 4

@@ -14,8 +14,8 @@ from worker_tasks import add_tasks, count_by_status, finish, get_task
 from greenroom.metrics import Metrics
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
+from greenroom.tasks import leases
 from greenroom.tasks.states import TaskStatus
-from greenroom.worker import leases
 from greenroom.worker.loop import UNFINISHED, TaskHandler, Worker
 
 DEADLINE_S = 30.0

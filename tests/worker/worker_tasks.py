@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from greenroom.store.db import Store, utcnow
+from greenroom.tasks import leases
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus, transition
-from greenroom.worker import leases
 
 _numbers = itertools.count()
 

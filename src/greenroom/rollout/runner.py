@@ -1,57 +1,35 @@
-"""The worker's task handler: runs a deploy or delete task's steps in order, recording each.
+"""The worker's task handler: runs a task's plan (`greenroom.rollout.plan`), recording each step.
 
-Steps are recorded `running` before they start and `done`/`skipped`/`failed` after, with their
-timings, in the task's `metadata.steps`; a take-over resumes at the first unfinished step. A
-failure before the switch rolls back (green withdrawn, blue untouched) and fails the task.
+A step is recorded `running` before it starts and `done`/`skipped`/`failed` after, with its
+timings, in the task's `metadata.steps` (through the tasks service); a take-over resumes at the
+first unfinished step. A failure in a step that `rolls_back` withdraws green (blue untouched)
+and fails the task. The task's end is fenced by its lease (`tasks.leases.end`).
+
+Test only: `Settings.test_crash_at` ("<kind>:<step>") makes the runner SIGKILL its own process
+right after that step of a task of that kind is recorded finished in the store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import os
+import signal
 
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
 from greenroom.metrics import Metrics
 from greenroom.rollout import steps
-from greenroom.rollout.plan import (
-    DELETE_STEPS,
-    DEPLOY_STEPS,
-    STEPS_BEFORE_SWITCH,
-    DeleteStep,
-    RolloutStep,
-    StepFailed,
-    StepStatus,
-    initial_steps,
-    mark,
-    next_step,
-)
+from greenroom.rollout.plan import Step, initial_steps, mark, next_step, plan_of
+from greenroom.rollout.steps import StepContext, StepFailed
 from greenroom.signals import Signals
 from greenroom.store.db import Store
-from greenroom.tasks.models import Task
-from greenroom.tasks.states import TaskStatus, transition
-from greenroom.worker import leases
+from greenroom.tasks import leases
+from greenroom.tasks import service as tasks_service
+from greenroom.tasks.schemas import StepRecord, StepStatus, TaskMetadata
+from greenroom.tasks.states import TaskStatus
 
 log = logging.getLogger("greenroom.rollout")
-
-StepFunction = Callable[[steps.StepContext], Awaitable[steps.StepOutcome]]
-DEPLOY: dict[str, StepFunction] = {
-    RolloutStep.SNAPSHOT: steps.snapshot,
-    RolloutStep.START_GREEN: steps.start_green,
-    RolloutStep.SMOKE_TEST: steps.smoke_test,
-    RolloutStep.COMPATIBILITY_GATE: steps.compatibility_gate,
-    RolloutStep.SWITCH: steps.switch,
-    RolloutStep.DRAIN_BLUE: steps.drain_blue,
-    RolloutStep.FINISH: steps.finish,
-}
-DELETE: dict[str, StepFunction] = {
-    DeleteStep.UNROUTE: steps.unroute,
-    DeleteStep.DRAIN: steps.drain_deleted,
-    DeleteStep.STOP: steps.stop_deleted,
-    DeleteStep.FINISH: steps.finish_delete,
-}
 
 
 class TaskRunner:
@@ -71,53 +49,49 @@ class TaskRunner:
         self.metrics = metrics
 
     async def __call__(self, task_id: str) -> None:
-        ctx = await self._context(task_id)
-        if ctx is None:
+        loaded = await self._context(task_id)
+        if loaded is None:
             return
-        kind = ctx.metadata.pop("_kind")
-        functions = DEPLOY if kind == "deploy" else DELETE
-        names = [str(n) for n in (DEPLOY_STEPS if kind == "deploy" else DELETE_STEPS)]
-        step_list: list[dict[str, Any]] = ctx.metadata.get("steps") or initial_steps(names)
-        while (name := next_step(step_list)) is not None:
-            step_list = await self._record(ctx, mark(step_list, name, StepStatus.RUNNING))
+        kind, ctx = loaded
+        plan = plan_of(kind)
+        by_name = {step.name: step for step in plan}
+        records = ctx.metadata.steps or initial_steps(plan)
+        while (name := next_step(records)) is not None:
+            step = by_name[name]
+            records = await self._record(ctx, mark(records, name, StepStatus.RUNNING))
+            ctx.step = name
             try:
-                outcome = await functions[name](ctx)
+                outcome = await step.run(ctx)
             except StepFailed as exc:
-                await self._fail(ctx, step_list, name, exc.message, kind)
+                await self._fail(ctx, records, step, exc.message)
                 return
             except Exception as exc:  # a bug or a lost store: fail it the same careful way
                 log.exception("step %s of task %s raised", name, task_id)
-                await self._fail(
-                    ctx, step_list, name, f"Internal error in step {name}: {exc}", kind
-                )
+                await self._fail(ctx, records, step, f"Internal error in step {name}: {exc}")
                 return
-            step_list = await self._record(
-                ctx, mark(step_list, name, outcome.status, outcome.message)
-            )
-            self._observe(step_list, name)
+            finally:
+                ctx.step = None
+            records = await self._record(ctx, mark(records, name, outcome.status, outcome.message))
+            self._observe(records, name)
+            self._crash_if_asked(kind, [name])
             if outcome.unchanged:
-                for rest in names[names.index(name) + 1 :]:
-                    step_list = mark(step_list, rest, StepStatus.SKIPPED, "unchanged")
-                await self._record(ctx, step_list)
-                await ctx.save(result="unchanged")
-                await self._end(ctx, TaskStatus.DONE, None, "unchanged")
+                await self._finish_unchanged(ctx, kind, records, plan, name)
                 return
-        await self._end(ctx, TaskStatus.DONE, None, ctx.metadata.get("result", "done"))
+        await self._end(ctx, TaskStatus.DONE, None, ctx.metadata.result or "done")
 
-    async def _context(self, task_id: str) -> steps.StepContext | None:
-        def load(session: Session) -> tuple[str, str, dict[str, Any]] | None:
-            task = session.get(Task, task_id)
+    async def _context(self, task_id: str) -> tuple[str, StepContext] | None:
+        def load(session: Session) -> tuple[str, str, TaskMetadata] | None:
+            task = tasks_service.get(session, task_id=task_id)
             if task is None or TaskStatus(task.status) is not TaskStatus.PROCESSING:
                 return None
-            return task.kind, task.embedding_model_id, dict(task.task_metadata)
+            return task.kind, task.embedding_model_id, TaskMetadata.of(task.task_metadata)
 
         with self.store.session_scope() as session:
             loaded = load(session)
         if loaded is None:
             return None
         kind, served_name, metadata = loaded
-        metadata["_kind"] = kind
-        return steps.StepContext(
+        ctx = StepContext(
             store=self.store,
             signals=self.signals,
             settings=self.settings,
@@ -125,28 +99,40 @@ class TaskRunner:
             served_name=served_name,
             metadata=metadata,
         )
+        return kind, ctx
 
-    async def _record(
-        self, ctx: steps.StepContext, step_list: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        await ctx.save(steps=step_list)
-        revision_id = ctx.metadata.get("revision_id")
-        finished = [s for s in step_list if s["finished_at"]]
+    async def _record(self, ctx: StepContext, records: list[StepRecord]) -> list[StepRecord]:
+        """Persist the step records; the deployment version's history gets the last finished."""
+        await ctx.save(steps=records)
+        revision_id = ctx.metadata.revision_id
+        finished = [record for record in records if record.finished_at]
         if revision_id and finished:
             await ctx.db(steps.record_step_in_history, revision_id, finished[-1])
-        return step_list
+        return records
+
+    async def _finish_unchanged(
+        self,
+        ctx: StepContext,
+        kind: str,
+        records: list[StepRecord],
+        plan: tuple[Step, ...],
+        name: str,
+    ) -> None:
+        """What is asked for is live and healthy already: the rest is skipped, the task done."""
+        rest = [step.name for step in plan][[step.name for step in plan].index(name) + 1 :]
+        for later in rest:
+            records = mark(records, later, StepStatus.SKIPPED, "unchanged")
+        await self._record(ctx, records)
+        self._crash_if_asked(kind, rest)
+        await ctx.save(result="unchanged")
+        await self._end(ctx, TaskStatus.DONE, None, "unchanged")
 
     async def _fail(
-        self,
-        ctx: steps.StepContext,
-        step_list: list[dict[str, Any]],
-        name: str,
-        message: str,
-        kind: str,
+        self, ctx: StepContext, records: list[StepRecord], step: Step, message: str
     ) -> None:
-        step_list = await self._record(ctx, mark(step_list, name, StepStatus.FAILED, message))
-        self._observe(step_list, name)
-        if kind == "deploy" and name in STEPS_BEFORE_SWITCH:
+        records = await self._record(ctx, mark(records, step.name, StepStatus.FAILED, message))
+        self._observe(records, step.name)
+        if step.rolls_back:
             try:
                 await steps.roll_back(ctx, message)
             except Exception:
@@ -155,29 +141,37 @@ class TaskRunner:
         await self._end(ctx, TaskStatus.FAILED, message, "failed")
 
     async def _end(
-        self, ctx: steps.StepContext, status: TaskStatus, detail: str | None, result: str
+        self, ctx: StepContext, status: TaskStatus, detail: str | None, result: str
     ) -> None:
-        def end(session: Session) -> None:
+        def end(session: Session) -> bool:
             # Fenced: a worker that lost its lease must not overwrite the new owner's result.
-            if self.worker_id is None:
-                task = session.get(Task, ctx.task_id)
-            else:
-                task = leases.get_held(session, task_id=ctx.task_id, worker_id=self.worker_id)
-            if task is None:
-                log.warning("task %s is no longer ours; leaving its result alone", ctx.task_id)
-                return
-            transition(task, status, reason=detail)
+            return leases.end(
+                session,
+                task_id=ctx.task_id,
+                worker_id=self.worker_id,
+                status=status,
+                detail=detail,
+            )
 
-        await ctx.db(end)
+        if not await ctx.db(end):
+            log.warning("task %s is no longer ours; leaving its result alone", ctx.task_id)
         if self.metrics is not None:
             self.metrics.rollouts.labels(result).inc()
         log.info("task %s %s (%s)", ctx.task_id, status, detail or result)
 
-    def _observe(self, step_list: list[dict[str, Any]], name: str) -> None:
+    def _crash_if_asked(self, kind: str, finished: list[str]) -> None:
+        """Test only (`Settings.test_crash_at`): die at once, as a SIGKILLed worker does, right
+        after one of `finished` (steps of a `kind` task just recorded finished) is the one named."""
+        crash_at = self.settings.test_crash_at
+        if crash_at is not None and any(crash_at == f"{kind}:{name}" for name in finished):
+            log.warning("test_crash_at %s: killing this process", crash_at)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _observe(self, records: list[StepRecord], name: str) -> None:
         if self.metrics is None:
             return
-        step = next(s for s in step_list if s["name"] == name)
-        if step["duration_ms"] is not None:
-            self.metrics.rollout_step_duration.labels(name, step["status"]).observe(
-                step["duration_ms"] / 1000
+        record = next(r for r in records if r.name == name)
+        if record.duration_ms is not None:
+            self.metrics.rollout_step_duration.labels(name, record.status.value).observe(
+                record.duration_ms / 1000
             )

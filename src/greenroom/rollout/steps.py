@@ -1,41 +1,53 @@
-"""One function per step. Each reads and writes the store only; it never starts a process: it
-writes desired state and waits for the state the runtime reports (DESIGN.md, who does what).
-Every step is idempotent, so a worker that takes over a task runs an interrupted step again."""
+"""One short function per step (the order is `greenroom.rollout.plan`'s). A step never starts a
+process and never writes another domain's rows: it asks the domain services (workloads for
+revisions and the live pointer, deployments for versions and their status, the tasks service
+for its own metadata) to record desired state, and waits for the state the runtime and the
+routers report (docs/architecture.md). Every step is idempotent, so a worker that takes
+over a task runs an interrupted step again."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from greenroom.auth.scopes import Scope
+from greenroom.auth.service import Principal
 from greenroom.config import Settings, default_threads
+from greenroom.deployments import configs as deployments_configs
 from greenroom.deployments import service as deployments_service
-from greenroom.deployments.models import Deployment, DeploymentConfig, split_served_name
-from greenroom.deployments.schemas import ServingSettings
-from greenroom.deployments.states import DeploymentStatus, set_status
-from greenroom.registry.models import EmbeddingModel
+from greenroom.deployments.states import DeploymentStatus
+from greenroom.errors import GreenroomError, NotFoundError
+from greenroom.registry import service as registry_service
 from greenroom.registry.weights import inspect_model
-from greenroom.rollout.plan import StepFailed, StepStatus
 from greenroom.rollout.probes import ProbeError, embed_probes, mean_cosine, smoke_problem
-from greenroom.serving.models import RouterReport
+from greenroom.serving import reports
 from greenroom.signals import Signals, Topic
-from greenroom.store.db import Store, utcnow
-from greenroom.tasks.models import Task
-from greenroom.workloads.models import LiveRevision, Revision
-from greenroom.workloads.states import RevisionPhase, set_phase
+from greenroom.store.db import Store
+from greenroom.tasks import service as tasks_service
+from greenroom.tasks.schemas import Compatibility, StepRecord, StepStatus, TaskMetadata
+from greenroom.workloads import service as workloads_service
+from greenroom.workloads.schemas import RevisionSnapshot
+from greenroom.workloads.states import RevisionPhase
 
 T = TypeVar("T")
-ROUTER_FRESH_S = 10.0  # a router that has not reported for this long is gone
-ROUTER_SWITCH_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 60.0
 FAILED_STARTS = 2  # a green replica that failed to start this often fails the rollout
+# While routers have not confirmed a switch, the running step says which every this long.
+AWAITED_REPORT_S = 10.0
+
+
+class StepFailed(Exception):
+    """A step cannot succeed; `message` is the one sentence the task's `detail` carries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -55,35 +67,49 @@ def skipped(message: str) -> StepOutcome:
 
 @dataclass
 class StepContext:
-    """What a step may touch: the store, the signals, the settings, and its task's metadata."""
+    """What a step may touch: the store (through services), the signals, the settings, and its
+    task's metadata (`metadata`, kept equal to what is stored)."""
 
     store: Store
     signals: Signals
     settings: Settings
     task_id: str
     served_name: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: TaskMetadata
+    step: str | None = None  # the step running now (its progress goes to its record)
     green_probe: np.ndarray | None = None  # the smoke test's vectors, reused by the gate
 
     async def db(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(session, *args)` in one transaction, off the event loop."""
+        """Run `work(session, *args)` in one transaction, off the event loop; a record that
+        is missing (a revision, a config) fails the step with the service's sentence."""
 
         def run() -> T:
             with self.store.session_scope() as session:
                 return work(session, *args)
 
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except NotFoundError as exc:
+            raise StepFailed(exc.message) from exc
 
-    async def save(self, **updates: Any) -> None:
-        """Merge values into the task's metadata (persisted at once: resume relies on it)."""
-        self.metadata.update(updates)
+    async def save(self, **values: Any) -> None:
+        """Set metadata attributes and persist them at once (resume relies on it)."""
+        updates = TaskMetadata.model_validate(values)
+        for key in values:
+            setattr(self.metadata, key, getattr(updates, key))
+        await self.db(
+            lambda s: tasks_service.save_metadata(s, task_id=self.task_id, updates=updates)
+        )
 
-        def write(session: Session) -> None:
-            task = session.get(Task, self.task_id)
-            assert task is not None
-            task.task_metadata = {**task.task_metadata, **updates}
-
-        await self.db(write)
+    async def report(self, message: str) -> None:
+        """Say how the running step stands (its record's message), while it waits."""
+        if self.step is None or self.metadata.steps is None:
+            return
+        steps = [
+            record.model_copy(update={"message": message}) if record.name == self.step else record
+            for record in self.metadata.steps
+        ]
+        await self.save(steps=steps)
 
     async def wait_until(
         self, topic: Topic, check: Callable[[Session], T | None], timeout: float
@@ -104,111 +130,149 @@ class StepContext:
 
 
 async def snapshot(ctx: StepContext) -> StepOutcome:
-    if ctx.metadata.get("revision_id"):
+    if ctx.metadata.revision_id:
         return done("resumed: the revision was already snapshotted")
-    result = await ctx.db(_snapshot_and_record, ctx)
-    ctx.metadata.update(result["metadata"])
-    if result.get("unchanged"):
-        return StepOutcome(StepStatus.DONE, result["message"], unchanged=True)
-    return done(result["message"])
+    outcome, updates = await ctx.db(_snapshot_and_record, ctx)
+    for key, value in updates.items():
+        setattr(ctx.metadata, key, value)
+    return outcome
 
 
-def _snapshot_and_record(session: Session, ctx: StepContext) -> dict[str, Any]:
-    """The snapshot and its record in the task commit together: a take-over never repeats it."""
-    result = _snapshot(session, ctx)
-    task = session.get(Task, ctx.task_id)
-    assert task is not None
-    task.task_metadata = {**task.task_metadata, **result["metadata"]}
-    return result
+def _snapshot_and_record(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict]:
+    """The snapshot (config version, deployment version, revision) and its record in the task
+    commit together: a take-over never repeats it."""
+    outcome, updates = _snapshot(session, ctx)
+    tasks_service.save_metadata(
+        session, task_id=ctx.task_id, updates=TaskMetadata.model_validate(updates)
+    )
+    return outcome, updates
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What a new revision will run: weights and serving settings."""
-
-    embedding_model_id: str
-    source: str
-    model_path: str
-    content_hash: str
-    engine: str
-    config: dict[str, Any]
-    runtime: str
-
-    def matches(self, revision: Revision) -> bool:
-        return revision.snapshot() == {
-            "content_hash": self.content_hash,
-            "engine": self.engine,
-            "config": self.config,
-            "runtime": self.runtime,
-        }
-
-
-def _snapshot(session: Session, ctx: StepContext) -> dict[str, Any]:
+def _snapshot(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict[str, Any]]:
     workspace, name = split_served_name(ctx.served_name)
+    meta = ctx.metadata
     latest = deployments_service.get_latest_deployment(session, workspace=workspace, name=name)
-    requested = _requested_version(session, ctx)  # pre-created by the deployments API
-    rollback_of = ctx.metadata.get("rollback_of")
-    if rollback_of:
-        target = _revision(session, rollback_of)
-        wanted = _snapshot_of_revision(target)
-        version = _version_of(session, target) or latest
-        config = _deploy_config(session, ctx, workspace, name, version, exact=True)
+    requested = _requested_version(session, meta)  # pre-created by the deployments API
+    if meta.rollback_of:
+        target = workloads_service.get_revision_or_fail(session, revision_id=meta.rollback_of)
+        wanted = RevisionSnapshot.of(target)
+        version = deployments_service.get_by_revision(session, revision_id=target.id) or latest
+        config = _deploy_config(session, ctx, name, version, exact=True)
     else:
-        config = _deploy_config(
-            session, ctx, workspace, name, requested or latest, exact=requested is not None
-        )
-        wanted = _snapshot_of_config(session, ctx, config)
-    live = session.get(LiveRevision, ctx.served_name)
-    blue = session.get(Revision, live.revision_id) if live else None
-    unchanged = blue is not None and wanted.matches(blue) and blue.ready_replicas >= 1
-    if unchanged and requested is None:
-        assert blue is not None
-        return {
-            "unchanged": True,
-            "message": "this exact revision is already live and healthy",
-            "metadata": {"revision_id": blue.id, "deployment_id": blue.deployment_id},
-        }
-    deployment = requested or _new_deployment_version(session, ctx, workspace, name, latest, config)
-    session.add(
-        Revision(
-            id=deployment.revision_id,
-            deployment_id=deployment.id,
-            served_name=ctx.served_name,
-            embedding_model_id=wanted.embedding_model_id,
-            source=wanted.source,
-            model_path=wanted.model_path,
-            content_hash=wanted.content_hash,
-            engine=wanted.engine,
-            config=wanted.config,
-            runtime=wanted.runtime,
-            phase=RevisionPhase.CREATING,
-        )
+        config = _deploy_config(session, ctx, name, requested or latest, exact=bool(requested))
+        wanted = _snapshot_of_config(session, ctx.settings, config)
+    live = workloads_service.get_live(session, served_name=ctx.served_name)
+    blue = workloads_service.get_revision(session, revision_id=live.revision_id) if live else None
+    if blue is not None and requested is None and wanted.matches(blue) and blue.ready_replicas:
+        unchanged = {"revision_id": blue.id, "deployment_id": blue.deployment_id}
+        message = "this exact revision is already live and healthy"
+        return StepOutcome(StepStatus.DONE, message, unchanged=True), unchanged
+    deployment = requested or deployments_service.create_version(
+        session,
+        workspace=workspace,
+        name=name,
+        config=config,
+        principal=principal_of(meta),
+        project=latest.project if latest else None,
     )
-    what = (
-        f"a rollback to {rollback_of}" if rollback_of else f"config version {config.entity_version}"
+    workloads_service.create_revision(
+        session,
+        revision_id=deployment.revision_id,
+        deployment_id=deployment.id,
+        served_name=ctx.served_name,
+        snapshot=wanted,
     )
-    return {
-        "message": f"revision {deployment.revision_id} (deployment version "
-        f"{deployment.entity_version}, {what})",
-        "metadata": {
-            "revision_id": deployment.revision_id,
-            "previous_revision_id": blue.id if blue else None,
-            "deployment_id": deployment.id,
-            "config_version": config.entity_version,
-        },
+    rollback = meta.rollback_of
+    what = f"a rollback to {rollback}" if rollback else f"config version {config.entity_version}"
+    message = (
+        f"revision {deployment.revision_id} (deployment version {deployment.entity_version}, "
+        f"{what})"
+    )
+    return done(message), {
+        "revision_id": deployment.revision_id,
+        "previous_revision_id": blue.id if blue else None,
+        "deployment_id": deployment.id,
+        "config_version": config.entity_version,
     }
 
 
-def _snapshot_of_config(session: Session, ctx: StepContext, config: DeploymentConfig) -> Snapshot:
-    model = session.get(EmbeddingModel, config.model_name)
+def principal_of(meta: TaskMetadata) -> Principal:
+    """Who the new version records as its creator: the token that asked (its id and scopes),
+    or, for a task no token asked for, the name it was initiated by."""
+    name = meta.initiated_by or "admin"
+    scopes = frozenset(Scope(group) for group in meta.principal_groups or [])
+    return Principal(id=meta.principal_id or name, name=name, scopes=scopes)
+
+
+def _requested_version(session: Session, meta: TaskMetadata) -> Any:
+    """The deployment version this task was queued for, when the deployments API created it."""
+    revision_id = meta.deployment_revision_id
+    if not revision_id:
+        return None
+    deployment = deployments_service.get_by_revision(session, revision_id=revision_id)
+    if deployment is None:
+        raise StepFailed(f"The deployment version with revision {revision_id} no longer exists.")
+    return deployment
+
+
+def _deploy_config(
+    session: Session, ctx: StepContext, name: str, base: Any, *, exact: bool = False
+) -> Any:
+    """The config to deploy: the task's config version (written now from the request's
+    overrides, when it had some), else the base version's config (its exact version when
+    `exact`: a pre-created version or a rollback target), else `name`."""
+    meta = ctx.metadata
+    config_name = meta.config or (base.config if base else name)
+    workspace = meta.workspace or split_served_name(ctx.served_name)[0]
+    version = meta.config_version
+    if exact and base is not None:
+        config_name, version = base.config, base.config_version
+    elif version is None and meta.config_overrides:
+        return _write_config_version(session, ctx, workspace, config_name, meta.config_overrides)
+    if version:
+        config = deployments_configs.get_config(
+            session, workspace=workspace, name=config_name, version=version
+        )
+    else:
+        config = deployments_configs.get_latest_config(
+            session, workspace=workspace, name=config_name
+        )
+    if config is None:
+        raise StepFailed(f"Deployment config '{workspace}/{config_name}' does not exist.")
+    return config
+
+
+def _write_config_version(
+    session: Session, ctx: StepContext, workspace: str, name: str, overrides: dict[str, Any]
+) -> Any:
+    """The config version a Tasks API deploy's overrides make, written when the task runs."""
+    policy = deployments_configs.ConfigPolicy.of(ctx.settings)
+    try:
+        latest = deployments_configs.get_latest_config_or_raise(
+            session, workspace=workspace, name=name
+        )
+        return deployments_configs.ensure_config_version(
+            session,
+            workspace=workspace,
+            name=name,
+            overrides=overrides,
+            model=registry_service.get(session, embedding_model_id=latest.model_name),
+            policy=policy,
+        )
+    except GreenroomError as exc:
+        raise StepFailed(f"The requested config cannot be deployed: {exc.message}") from exc
+
+
+def _snapshot_of_config(session: Session, settings: Settings, config: Any) -> RevisionSnapshot:
+    model = registry_service.get(session, embedding_model_id=config.model_name)
     if model is None:
         raise StepFailed(f"Embedding model '{config.model_name}' is not registered any more.")
-    serving = ServingSettings(engine=config.engine, **config.executor_config)
+    serving = deployments_configs.serving_settings(config)
     executor = serving.model_dump(exclude={"engine"})
     executor["threads"] = config.executor_config.get("threads") or default_threads()
-    runtime = serving.runtime or ctx.settings.runtime
+    runtime = serving.runtime or settings.runtime
     executor["runtime"] = runtime
-    return Snapshot(
+    return RevisionSnapshot(
         embedding_model_id=model.id,
         source=model.source,
         model_path=model.path,
@@ -219,138 +283,38 @@ def _snapshot_of_config(session: Session, ctx: StepContext, config: DeploymentCo
     )
 
 
-def _snapshot_of_revision(revision: Revision) -> Snapshot:
-    return Snapshot(
-        embedding_model_id=revision.embedding_model_id,
-        source=revision.source,
-        model_path=revision.model_path,
-        content_hash=revision.content_hash,
-        engine=revision.engine,
-        config=dict(revision.config),
-        runtime=revision.runtime,
-    )
-
-
-def _version_of(session: Session, revision: Revision) -> Deployment | None:
-    return _version_by_revision(session, revision.id)
-
-
-def _requested_version(session: Session, ctx: StepContext) -> Deployment | None:
-    """The deployment version this task was queued for, when the deployments API created it."""
-    revision_id = ctx.metadata.get("deployment_revision_id")
-    if not revision_id:
-        return None
-    deployment = _version_by_revision(session, revision_id)
-    if deployment is None:
-        raise StepFailed(f"The deployment version with revision {revision_id} no longer exists.")
-    return deployment
-
-
-def _deploy_config(
-    session: Session,
-    ctx: StepContext,
-    workspace: str,
-    name: str,
-    base: Deployment | None,
-    *,
-    exact: bool = False,
-) -> DeploymentConfig:
-    """The config to deploy: the task's config version, else the base version's config (its
-    exact version when `exact`: a pre-created version or a rollback target), else `name`."""
-    config_name = ctx.metadata.get("config") or (base.config if base else name)
-    config_workspace = ctx.metadata.get("workspace", workspace)
-    version = ctx.metadata.get("config_version")
-    if exact and base is not None:
-        config_name, version = base.config, base.config_version
-    query = select(DeploymentConfig).where(
-        DeploymentConfig.workspace == config_workspace, DeploymentConfig.name == config_name
-    )
-    if version:
-        query = query.where(DeploymentConfig.entity_version == version)
-    config = session.scalars(
-        query.order_by(DeploymentConfig.entity_version.desc()).limit(1)
-    ).first()
-    if config is None:
-        raise StepFailed(f"Deployment config '{config_workspace}/{config_name}' does not exist.")
-    return config
-
-
-def _new_deployment_version(
-    session: Session,
-    ctx: StepContext,
-    workspace: str,
-    name: str,
-    latest: Deployment | None,
-    config: DeploymentConfig,
-) -> Deployment:
-    deployment = Deployment(
-        workspace=workspace,
-        name=name,
-        entity_version=(latest.entity_version + 1) if latest else 1,
-        project=latest.project if latest else None,
-        config=config.name,
-        config_version=config.entity_version,
-        auth_context={"principal_id": ctx.metadata.get("initiated_by")},
-    )
-    if latest is not None:
-        deployment.id = latest.id
-    first = latest is None
-    set_status(
-        deployment,
-        DeploymentStatus.CREATED if first else DeploymentStatus.PENDING,
-        "Deployment created" if first else "Deployment update pending",
-    )
-    session.add(deployment)
-    session.flush()
-    return deployment
-
-
 async def start_green(ctx: StepContext) -> StepOutcome:
-    revision_id = ctx.metadata["revision_id"]
-    wanted = await ctx.db(_want_replicas, revision_id)
+    revision_id = _green(ctx)
+    wanted = await ctx.db(lambda s: workloads_service.want_replicas(s, revision_id=revision_id))
     ctx.signals.notify(Topic.DESIRED)
-    ready = await ctx.wait_until(
-        Topic.REPORTED,
-        lambda s: _ready_or_broken(s, revision_id),
-        ctx.settings.rollout_ready_timeout_s,
-    )
-    if ready is None:
+    timeout = ctx.settings.rollout_ready_timeout_s
+    if await ctx.wait_until(Topic.REPORTED, lambda s: _ready(s, revision_id), timeout) is None:
         raise StepFailed(
-            f"Green did not become ready within {ctx.settings.rollout_ready_timeout_s:.0f} s; "
+            f"Green did not become ready within {timeout:.0f} s; "
             "see the replica logs in the data dir."
         )
     return done(f"{wanted} replica(s) ready")
 
 
-def _want_replicas(session: Session, revision_id: str) -> int:
-    revision = _revision(session, revision_id)
-    revision.desired_replicas = int(revision.config.get("replicas", 1))
-    set_phase(revision, RevisionPhase.INITIALIZING, "replicas loading and warming up")
-    return revision.desired_replicas
-
-
-def _ready_or_broken(session: Session, revision_id: str) -> bool | None:
-    revision = _revision(session, revision_id)
-    if revision.ready_replicas >= revision.desired_replicas > 0:
-        return True
-    for replica in revision.replicas:
-        if replica["state"] != "ready" and replica["restarts"] >= FAILED_STARTS:
-            raise StepFailed(f"Green's replicas failed to start: {replica['message']}")
-    return None
+def _ready(session: Session, revision_id: str) -> bool | None:
+    ready, problem = workloads_service.ready_or_broken(
+        session, revision_id=revision_id, failed_starts=FAILED_STARTS
+    )
+    if problem is not None:
+        raise StepFailed(f"Green's replicas failed to start: {problem}")
+    return True if ready else None
 
 
 async def smoke_test(ctx: StepContext) -> StepOutcome:
-    green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
+    green = await ctx.db(_probe_target, _green(ctx))
     try:
-        result = await embed_probes(
-            Path(green["model_path"]), green["replicas"], secret=green["secret"]
-        )
+        result = await embed_probes(green.model_path, green.replicas, secret=green.secret)
     except ProbeError as exc:
         raise StepFailed(f"Green failed the smoke test: {exc}.") from exc
     problem = smoke_problem(
         result,
-        dimension=green["dimension"],
-        normalize=green["normalize"],
+        dimension=green.dimension,
+        normalize=green.normalize,
         latency_bound_s=ctx.settings.smoke_latency_bound_s,
     )
     if problem:
@@ -359,50 +323,53 @@ async def smoke_test(ctx: StepContext) -> StepOutcome:
     return done(f"{len(result.vectors)} probe vectors fine in {result.latency_s * 1000:.0f} ms")
 
 
-def _probe_target(session: Session, revision_id: str) -> dict[str, Any]:
-    revision = _revision(session, revision_id)
-    model = session.get(EmbeddingModel, revision.embedding_model_id)
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What probing a revision needs: its weights (for the tokenizer), replicas, secret, and
+    what its vectors must look like."""
+
+    model_path: Path
+    replicas: list[dict[str, Any]]
+    secret: Any
+    dimension: int
+    normalize: bool
+
+
+def _probe_target(session: Session, revision_id: str) -> ProbeTarget:
+    revision = workloads_service.get_revision_or_fail(session, revision_id=revision_id)
+    model = registry_service.get(session, embedding_model_id=revision.embedding_model_id)
     info = inspect_model(Path(revision.model_path))
-    return {
-        "model_path": revision.model_path,
-        "replicas": list(revision.replicas),
-        "secret": revision.replica_secret,
-        "dimension": model.dimension if model else info.dimension,
-        "normalize": info.normalize,
-    }
+    return ProbeTarget(
+        model_path=Path(revision.model_path),
+        replicas=list(revision.replicas),
+        secret=revision.replica_secret,
+        dimension=model.dimension if model else info.dimension,
+        normalize=info.normalize,
+    )
 
 
 async def compatibility_gate(ctx: StepContext) -> StepOutcome:
-    blue_id = ctx.metadata.get("previous_revision_id")
+    blue_id = ctx.metadata.previous_revision_id
     threshold = ctx.settings.compatibility_threshold
     if not blue_id:
         return skipped("no live revision to compare with")
-    blue = await ctx.db(_probe_target, blue_id)
     try:
         green_vectors = ctx.green_probe
         if green_vectors is None:  # resumed after a take-over: probe green again
-            green = await ctx.db(_probe_target, ctx.metadata["revision_id"])
-            green_vectors = (
-                await embed_probes(
-                    Path(green["model_path"]), green["replicas"], secret=green["secret"]
-                )
-            ).vectors
-        blue_vectors = (
-            await embed_probes(Path(blue["model_path"]), blue["replicas"], secret=blue["secret"])
-        ).vectors
+            green_vectors = await _probe(ctx, _green(ctx))
+        blue_vectors = await _probe(ctx, blue_id)
     except ProbeError as exc:
         raise StepFailed(f"Cannot compare blue and green: {exc}.") from exc
     cosine = mean_cosine(blue_vectors, green_vectors)
     reindex = cosine is None or cosine < threshold
+    rounded = None if cosine is None else round(cosine, 6)
     await ctx.save(
-        compatibility={
-            "mean_cosine": None if cosine is None else round(cosine, 6),
-            "threshold": threshold,
-            "reindex_required": reindex,
-        }
+        compatibility=Compatibility(
+            mean_cosine=rounded, threshold=threshold, reindex_required=reindex
+        )
     )
     shown = "different dimensions" if cosine is None else f"mean cosine {cosine:.3f}"
-    if reindex and not ctx.metadata.get("allow_embedding_space_change"):
+    if reindex and not ctx.metadata.allow_embedding_space_change:
         raise StepFailed(
             f"The new vectors are not comparable with the live ones ({shown}, threshold "
             f"{threshold}): every vector index built with the live model would break; deploy "
@@ -413,66 +380,98 @@ async def compatibility_gate(ctx: StepContext) -> StepOutcome:
     return done(f"compatible: {shown}")
 
 
+async def _probe(ctx: StepContext, revision_id: str) -> np.ndarray:
+    target = await ctx.db(_probe_target, revision_id)
+    return (await embed_probes(target.model_path, target.replicas, secret=target.secret)).vectors
+
+
 async def switch(ctx: StepContext) -> StepOutcome:
-    green_id = ctx.metadata["revision_id"]
-    await ctx.db(_point_to, ctx.served_name, green_id, ctx.metadata)
-    ctx.signals.notify(Topic.LIVE)
-    switched = await ctx.wait_until(
-        Topic.ROUTERS,
-        lambda s: _routers_agree(s, lambda r: r.live.get(ctx.served_name) == green_id),
-        ROUTER_SWITCH_TIMEOUT_S,
+    """Point the served name at green, then wait until every router with a fresh heartbeat
+    serves green (a router whose heartbeat goes stale is gone): never done before that, so
+    blue is not stopped under a router that still sends to it."""
+    green_id = _green(ctx)
+    deployment_id = ctx.metadata.deployment_id or ""
+    await ctx.db(
+        lambda s: workloads_service.point_live(
+            s, served_name=ctx.served_name, revision_id=green_id, deployment_id=deployment_id
+        )
     )
-    return done("routers serve green" if switched else "switched; some router did not confirm")
-
-
-def _point_to(session: Session, served_name: str, green_id: str, metadata: dict) -> None:
-    live = session.get(LiveRevision, served_name)
-    if live is None:
-        live = LiveRevision(served_name=served_name, revision_id=green_id)
-        session.add(live)
-    if live.revision_id != green_id:
-        live.previous_revision_id = live.revision_id
-        live.revision_id = green_id
-    live.deployment_id = metadata["deployment_id"]
-    set_phase(_revision(session, green_id), RevisionPhase.RUNNING)
-
-
-def _routers_agree(session: Session, condition: Callable[[RouterReport], bool]) -> bool | None:
-    fresh_since = utcnow() - timedelta(seconds=ROUTER_FRESH_S)
-    reports = session.scalars(
-        select(RouterReport).where(RouterReport.heartbeat_at >= fresh_since)
-    ).all()
-    return True if all(condition(report) for report in reports) else None
+    ctx.signals.notify(Topic.LIVE)
+    await routers_confirm(ctx, lambda r: r.live.get(ctx.served_name) == green_id, "serve green")
+    return done("routers serve green")
 
 
 async def drain_blue(ctx: StepContext) -> StepOutcome:
-    blue_id = ctx.metadata.get("previous_revision_id")
+    blue_id = ctx.metadata.previous_revision_id
     if not blue_id:
         return skipped("no blue revision")
     drained = await drain(ctx, blue_id)
-    await retire(ctx, blue_id, RevisionPhase.STOPPED, "replaced by " + ctx.metadata["revision_id"])
+    await retire(ctx, blue_id, RevisionPhase.STOPPED, "replaced by " + _green(ctx))
     return done("blue drained and stopped" if drained else "grace period over; blue stopped")
 
 
 async def finish(ctx: StepContext) -> StepOutcome:
+    green_id = _green(ctx)
     await ctx.db(
-        _mark_deployment, ctx.metadata["revision_id"], DeploymentStatus.READY, "Deployment is ready"
+        lambda s: deployments_service.record_status(
+            s, revision_id=green_id, status=DeploymentStatus.READY, message="Deployment is ready"
+        )
     )
     await ctx.save(result="rolled_out")
     return done()
 
 
-# ----- shared: drain, retire, roll back ----------------------------------------------------
+def _green(ctx: StepContext) -> str:
+    revision_id = ctx.metadata.revision_id
+    if not revision_id:
+        raise StepFailed("The task has no revision: its snapshot step did not run.")
+    return revision_id
+
+
+# ----- shared: routers, drain, retire, roll back -------------------------------------------
+
+
+RouterCondition = Callable[[Any], bool]
+
+
+async def routers_confirm(ctx: StepContext, condition: RouterCondition, what: str) -> None:
+    """Wait, with no bound, until every router with a fresh heartbeat satisfies `condition`
+    (`serving.reports.routers_agree`); while it takes long, the running step's message names
+    the routers awaited."""
+    while True:
+        agreed = await ctx.wait_until(
+            Topic.ROUTERS, lambda s: _agree(s, condition), AWAITED_REPORT_S
+        )
+        if agreed:
+            return
+        awaited = await ctx.db(lambda s: _awaited(s, condition))
+        if awaited:
+            await ctx.report(f"waiting for router(s) {', '.join(awaited)} to {what}")
+
+
+def _agree(session: Session, condition: RouterCondition) -> bool | None:
+    return True if reports.routers_agree(session, condition=condition) else None
+
+
+def _awaited(session: Session, condition: RouterCondition) -> list[str]:
+    return sorted(r.router_id for r in reports.fresh_reports(session) if not condition(r))
+
+
+def routes_to(revision_id: str) -> RouterCondition:
+    return lambda report: revision_id in report.live.values()
 
 
 async def drain(ctx: StepContext, revision_id: str) -> bool:
-    """Wait (bounded by the grace period) until no router has anything in flight to it."""
+    """Wait until every fresh router has stopped routing to the revision (no bound: a router
+    that missed the switch would send to a stopped revision), then, bounded by the grace
+    period, until none has a batch in flight to it (a batch that reaches it once withdrawn is
+    retried on the live revision by its router). False when the grace period ran out."""
+    await routers_confirm(
+        ctx, lambda r: not routes_to(revision_id)(r), f"stop routing to {revision_id}"
+    )
     drained = await ctx.wait_until(
         Topic.ROUTERS,
-        lambda s: _routers_agree(
-            s,
-            lambda r: revision_id not in r.live.values() and not r.in_flight.get(revision_id, 0),
-        ),
+        lambda s: _agree(s, lambda r: not r.in_flight.get(revision_id, 0)),
         ctx.settings.drain_grace_s,
     )
     return bool(drained)
@@ -480,73 +479,48 @@ async def drain(ctx: StepContext, revision_id: str) -> bool:
 
 async def retire(ctx: StepContext, revision_id: str, phase: RevisionPhase, message: str) -> None:
     """Withdraw a revision's replicas and record it retired once none runs."""
-    await ctx.db(_withdraw, revision_id)
+    await ctx.db(lambda s: workloads_service.withdraw(s, revision_id=revision_id))
     ctx.signals.notify(Topic.DESIRED)
     await ctx.wait_until(Topic.REPORTED, lambda s: _stopped(s, revision_id), STOP_TIMEOUT_S)
-    await ctx.db(_retired, revision_id, phase, message)
+    await ctx.db(
+        lambda s: workloads_service.record_retired(
+            s, revision_id=revision_id, phase=phase, message=message
+        )
+    )
 
 
 def _stopped(session: Session, revision_id: str) -> bool | None:
-    revision = _revision(session, revision_id)
-    return True if revision.ready_replicas == 0 and not revision.replicas else None
-
-
-def _withdraw(session: Session, revision_id: str) -> None:
-    revision = _revision(session, revision_id)
-    revision.desired_replicas = 0
-    if revision.phase not in (RevisionPhase.FAILED, RevisionPhase.STOPPED):
-        set_phase(revision, RevisionPhase.TERMINATING, "draining and stopping")
-
-
-def _retired(session: Session, revision_id: str, phase: RevisionPhase, message: str) -> None:
-    revision = _revision(session, revision_id)
-    set_phase(revision, phase, message)
-    revision.deleted_at = revision.deleted_at or utcnow()
+    return True if workloads_service.is_stopped(session, revision_id=revision_id) else None
 
 
 async def roll_back(ctx: StepContext, reason: str) -> None:
     """Failure before the switch: withdraw green; blue keeps serving untouched."""
-    green_id = ctx.metadata.get("revision_id")
-    if not green_id or ctx.metadata.get("result") == "unchanged":
+    green_id = ctx.metadata.revision_id
+    if not green_id or ctx.metadata.result == "unchanged":
         return
-    if await ctx.db(lambda s: s.get(Revision, green_id) is None):
+    if await ctx.db(lambda s: workloads_service.get_revision(s, revision_id=green_id) is None):
         return
-    await ctx.db(lambda s: set_phase(_revision(s, green_id), RevisionPhase.FAILED, reason))
+    await ctx.db(lambda s: workloads_service.mark_failed(s, revision_id=green_id, reason=reason))
     await retire(ctx, green_id, RevisionPhase.FAILED, reason)
-    await ctx.db(_mark_deployment, green_id, DeploymentStatus.ERROR, reason)
+    await ctx.db(
+        lambda s: deployments_service.record_status(
+            s, revision_id=green_id, status=DeploymentStatus.ERROR, message=reason
+        )
+    )
 
 
-def _mark_deployment(
-    session: Session, revision_id: str, status: DeploymentStatus, message: str
-) -> None:
-    deployment = _version_by_revision(session, revision_id)
-    if deployment is not None:
-        set_status(deployment, status, message)
-
-
-def _revision(session: Session, revision_id: str) -> Revision:
-    revision = session.get(Revision, revision_id)
-    if revision is None:
-        raise StepFailed(f"Revision {revision_id} does not exist.")
-    return revision
-
-
-def record_step_in_history(session: Session, revision_id: str, step: dict[str, Any]) -> None:
+def record_step_in_history(session: Session, revision_id: str, step: StepRecord) -> None:
     """The deployment version's history shows each finished step with its duration."""
-    deployment = _version_by_revision(session, revision_id)
-    if deployment is not None and deployment.status not in (
-        DeploymentStatus.READY,
-        DeploymentStatus.ERROR,
-    ):
-        message = f"{step['name']} {step['status']} in {step['duration_ms']} ms"
-        set_status(deployment, DeploymentStatus(deployment.status), message)
+    deployments_service.record_step(
+        session, revision_id=revision_id, step=step.model_dump(mode="json")
+    )
 
 
 # ----- delete ------------------------------------------------------------------------------
 
 
 async def unroute(ctx: StepContext) -> StepOutcome:
-    if ctx.metadata.get("revision_id"):
+    if ctx.metadata.revision_id:
         return done("resumed: already unrouted")
     revision_id = await ctx.db(_unroute, ctx.served_name)
     if revision_id is None:
@@ -557,27 +531,16 @@ async def unroute(ctx: StepContext) -> StepOutcome:
 
 
 def _unroute(session: Session, served_name: str) -> str | None:
-    live = session.get(LiveRevision, served_name)
-    workspace, name = split_served_name(served_name)
-    targets = [deployments_service.get_latest_deployment(session, workspace=workspace, name=name)]
-    if live is not None:
-        targets.append(_version_by_revision(session, live.revision_id))
-    for deployment in targets:
-        if deployment is not None and deployment.status != DeploymentStatus.DELETED:
-            set_status(deployment, DeploymentStatus.DELETING, "Deployment is being deleted")
-    if live is None:
-        return None
-    revision_id = live.revision_id
-    session.delete(live)
-    return revision_id
-
-
-def _version_by_revision(session: Session, revision_id: str) -> Deployment | None:
-    return session.scalars(select(Deployment).where(Deployment.revision_id == revision_id)).first()
+    """Mark the versions DELETING (the latest, and the live one), then drop the live pointer."""
+    live = workloads_service.get_live(session, served_name=served_name)
+    deployments_service.mark_deleting(
+        session, served_name=served_name, live_revision_id=live.revision_id if live else None
+    )
+    return workloads_service.unroute(session, served_name=served_name)
 
 
 async def drain_deleted(ctx: StepContext) -> StepOutcome:
-    revision_id = ctx.metadata.get("revision_id")
+    revision_id = ctx.metadata.revision_id
     if not revision_id:
         return skipped("nothing to drain")
     drained = await drain(ctx, revision_id)
@@ -585,7 +548,7 @@ async def drain_deleted(ctx: StepContext) -> StepOutcome:
 
 
 async def stop_deleted(ctx: StepContext) -> StepOutcome:
-    revision_id = ctx.metadata.get("revision_id")
+    revision_id = ctx.metadata.revision_id
     if not revision_id:
         return skipped("nothing to stop")
     await retire(ctx, revision_id, RevisionPhase.STOPPED, "deployment deleted")
@@ -593,19 +556,11 @@ async def stop_deleted(ctx: StepContext) -> StepOutcome:
 
 
 async def finish_delete(ctx: StepContext) -> StepOutcome:
-    await ctx.db(_mark_deleted, ctx.served_name)
+    await ctx.db(lambda s: deployments_service.mark_deleted(s, served_name=ctx.served_name))
     return done()
 
 
-def _mark_deleted(session: Session, served_name: str) -> None:
-    """Every version of the name marked for deletion is gone now: nothing of it runs."""
-    workspace, name = split_served_name(served_name)
-    deleting = session.scalars(
-        select(Deployment).where(
-            Deployment.workspace == workspace,
-            Deployment.name == name,
-            Deployment.status == DeploymentStatus.DELETING,
-        )
-    ).all()
-    for deployment in deleting:
-        set_status(deployment, DeploymentStatus.DELETED, "Deployment deleted")
+def split_served_name(served: str) -> tuple[str, str]:
+    """(workspace, name) of a served name: `name` is in workspace `default`."""
+    workspace, _, name = served.rpartition("/")
+    return workspace or "default", name

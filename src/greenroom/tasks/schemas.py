@@ -1,26 +1,37 @@
-"""What the Deployment Tasks API accepts and returns (api/tasks.md); names are the contract's."""
+"""What the Deployment Tasks API accepts and returns (docs/api/tasks.md); names are the
+contract's. `TaskMetadata` is a task's `metadata`, typed: the rollout reads and writes its
+attributes, and it is stored and shown as the JSON object the API has always shown."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Protocol, Self
 
 from pydantic import (
     AliasChoices,
     BaseModel,
+    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
 )
 
-from greenroom.deployments.schemas import (
-    SERVED_NAME_PATTERN,
-    TEXT_PATTERN,
-    ConfigOverrides,
-    UtcDateTime,
-)
+from greenroom.schemas import SERVED_NAME_PATTERN, TEXT_PATTERN, ConfigOverrides, UtcDateTime
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
+
+
+class ConfigVersion(Protocol):
+    """What a deploy task records of the deployment config version it deploys."""
+
+    @property
+    def workspace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def entity_version(self) -> int: ...
+    @property
+    def executor_config(self) -> dict[str, Any]: ...
 
 
 class TaskKind(StrEnum):
@@ -43,11 +54,108 @@ ServedName = Annotated[
 ClientTaskId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\x00]+$")]
 
 
+class StepStatus(StrEnum):
+    """Where one step of a task stands (the glossary's words)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+    def is_finished(self) -> bool:
+        return self in (StepStatus.DONE, StepStatus.SKIPPED)
+
+
+class StepRecord(BaseModel):
+    """One step as `metadata.steps` shows it; times are RFC 3339 strings, as stored."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+    message: str | None = None
+
+    @classmethod
+    def pending(cls, name: str) -> Self:
+        return cls(
+            name=name,
+            status=StepStatus.PENDING,
+            started_at=None,
+            finished_at=None,
+            duration_ms=None,
+            message=None,
+        )
+
+
+class Compatibility(BaseModel):
+    """The compatibility gate's verdict: blue's and green's probe vectors compared."""
+
+    mean_cosine: float | None
+    threshold: float
+    reindex_required: bool
+
+
+class TaskMetadata(BaseModel):
+    """A task's `metadata`. Every key is optional and only the keys set are stored or shown, so
+    a task's JSON has exactly the keys its life gave it (a fresh deploy: `deployment_target`,
+    `initiated_by`, `workspace`, `config`, `config_version`, `allow_embedding_space_change`).
+
+    Deploy: `deployment_revision_id` (the deployments API's version it rolls out), `rollback_of`,
+    `revision_id`, `previous_revision_id`, `deployment_id`, `compatibility`, `result`. Delete:
+    `deletion_type`, `reason`, `revision_id` (what was live). Both: `steps`.
+
+    Stored but not shown (`HIDDEN`): the principal's id and scopes, which the version the
+    snapshot step creates records, and the config overrides a deploy request gave, which become
+    a config version only when the task runs (`config_version` is shown from then on).
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    deployment_target: str | None = None
+    initiated_by: str | None = None
+    workspace: str | None = None
+    config: str | None = None
+    config_version: int | None = None
+    allow_embedding_space_change: bool | None = None
+    deployment_revision_id: str | None = None
+    rollback_of: str | None = None
+    revision_id: str | None = None
+    previous_revision_id: str | None = None
+    deployment_id: str | None = None
+    deletion_type: str | None = None
+    reason: str | None = None
+    steps: list[StepRecord] | None = None
+    compatibility: Compatibility | None = None
+    result: str | None = None
+    principal_id: str | None = None
+    principal_groups: list[str] | None = None
+    config_overrides: dict[str, Any] | None = None
+
+    HIDDEN: ClassVar[frozenset[str]] = frozenset(
+        {"principal_id", "principal_groups", "config_overrides"}
+    )
+
+    @classmethod
+    def of(cls, stored: dict[str, Any] | None) -> Self:
+        return cls.model_validate(stored or {})
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON object kept in the task's `metadata` column: every key set."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def shown(self) -> dict[str, Any]:
+        """The API's `metadata`: what is stored, less the keys only the worker reads."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude=set(self.HIDDEN))
+
+
 class ModelDeploymentRequest(BaseModel):
     embedding_model_id: ServedName
     id: ClientTaskId | None = None
     config: ConfigOverrides | None = Field(
-        default=None, description="flat overrides, stored as a new config version"
+        default=None,
+        description="flat overrides, stored as a new config version when the task runs",
     )
     allow_embedding_space_change: bool = False
 
@@ -56,6 +164,16 @@ class ModelDeletionRequest(BaseModel):
     embedding_model_id: ServedName
     id: ClientTaskId | None = None
     reason: str | None = Field(default=None, max_length=1000, pattern=TEXT_PATTERN)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    embedding_model_id: ServedName
+    revision_id: str | None = Field(default=None, min_length=1, max_length=36, pattern=TEXT_PATTERN)
+    allow_embedding_space_change: bool = Field(
+        default=False, description="the earlier revision's vectors may differ from the live ones"
+    )
 
 
 class TaskResponse(BaseModel):
@@ -88,7 +206,7 @@ class TaskResponse(BaseModel):
             created_at=task.created_at,
             updated_at=task.updated_at,
             detail=task.detail,
-            metadata=task.task_metadata,
+            metadata=TaskMetadata.of(task.task_metadata).shown(),
         )
 
 

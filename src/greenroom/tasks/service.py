@@ -1,4 +1,6 @@
-"""Deploy and delete tasks: create (idempotent on a client id), read, find the latest, cancel.
+"""Deploy and delete tasks: store (idempotent on a client id), read, find the latest, cancel,
+and keep their metadata. The tasks domain's own rows only: what a deploy needs from other
+domains (its config, its rollback target) is resolved in `greenroom.tasks.flows`.
 
 Plain functions, keyword-only arguments led by `db_session`; they flush and never commit. A
 client-chosen `id` is the task's id verbatim, and the primary key makes a retried request
@@ -16,16 +18,13 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from greenroom.deployments import service as deployments_service
-from greenroom.deployments.models import DeploymentConfig, served_name, split_served_name
-from greenroom.deployments.service import DEFAULT_WORKSPACE
 from greenroom.errors import ConflictError, GreenroomError, NotFoundError
-from greenroom.registry import service as registry_service
 from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
-from greenroom.tasks.schemas import ModelDeletionRequest, ModelDeploymentRequest, TaskKind
-from greenroom.tasks.states import TaskStatus, transition
+from greenroom.tasks.schemas import ConfigVersion, TaskKind, TaskMetadata
+from greenroom.tasks.states import TERMINAL_TASK_STATUSES, TaskStatus, transition
 
+DEFAULT_WORKSPACE = "default"
 # A racing insert of the same id is answered from the winner; another constraint (a config
 # version written concurrently) is retried this many times in all.
 STORE_ATTEMPTS = 3
@@ -93,94 +92,86 @@ def get_latest_or_raise(db_session: Session, *, embedding_model_id: str, kind: T
 
 
 def canonical(embedding_model_id: str) -> str:
-    """The served name as stored: `default/x` is `x`."""
-    return served_name(*split_served_name(embedding_model_id))
+    """The served name as stored: `default/x` is `x` (docs/architecture.md, served name)."""
+    workspace, _, name = embedding_model_id.rpartition("/")
+    return name if workspace in ("", DEFAULT_WORKSPACE) else embedding_model_id
+
+
+def unfinished(db_session: Session, *, served_name: str) -> list[Task]:
+    """The tasks of a served name that have not ended (pending or processing), oldest first."""
+    return list(
+        db_session.scalars(
+            select(Task)
+            .where(
+                Task.embedding_model_id == canonical(served_name),
+                Task.status.not_in([status.value for status in TERMINAL_TASK_STATUSES]),
+            )
+            .order_by(Task.created_at, Task.id)
+        )
+    )
+
+
+def is_rolling_out(db_session: Session, *, served_name: str) -> bool:
+    """Whether a deploy task of the served name is running now (`processing`)."""
+    running = db_session.scalar(
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.embedding_model_id == canonical(served_name),
+            Task.kind == TaskKind.DEPLOY,
+            Task.status == TaskStatus.PROCESSING,
+        )
+    )
+    return bool(running)
+
+
+def names_revision(task: Task, revision_id: str) -> bool:
+    """Whether the task works on this revision: the deployment version it was queued for, or
+    the revision its rollout created (or, for a delete, withdraws)."""
+    metadata = TaskMetadata.of(task.task_metadata)
+    return revision_id in (metadata.deployment_revision_id, metadata.revision_id)
+
+
+def metadata_of(task: Task) -> TaskMetadata:
+    return TaskMetadata.of(task.task_metadata)
+
+
+def save_metadata(db_session: Session, *, task_id: str, updates: TaskMetadata) -> TaskMetadata:
+    """Merge the keys set in `updates` into the task's stored metadata; the merged whole back.
+    The worker persists each rollout step through this before and after it runs."""
+    task = db_session.get(Task, task_id, populate_existing=True)
+    if task is None:
+        raise NotFoundError(f"Task `{task_id}` is not found")
+    merged = {**(task.task_metadata or {}), **updates.stored()}
+    task.task_metadata = merged
+    db_session.flush()
+    return TaskMetadata.of(merged)
+
+
+def existing_or_conflict(
+    db_session: Session, *, task_id: str | None, kind: TaskKind, body: dict[str, Any]
+) -> Task | None:
+    """The task a client id already names, when its request was this one; 409 when it was
+    another; None when the id is free (or none was given)."""
+    if task_id is None or (existing := get(db_session, task_id=task_id)) is None:
+        return None
+    return _same_request_or_conflict(existing, kind=kind, body=body)
 
 
 # ----- creating ----------------------------------------------------------------------------------
-
-
-def create_deploy_task(
-    db_session: Session,
-    *,
-    request: ModelDeploymentRequest,
-    initiated_by: str = "admin",
-    deployment_target: str = "local",
-    policy: deployments_service.ConfigPolicy = deployments_service.DEFAULT_POLICY,
-) -> Task:
-    """A pending deploy task (or the existing one of the same id and body). Config overrides are
-    stored first, as a new version of the deployment's config (none when they change nothing);
-    `deployment_target` is the server's runtime, unless the config names one. The config
-    deployed must pass `policy` (422: a runtime or variable this server does not allow)."""
-    name = canonical(request.embedding_model_id)
-    overrides = request.config.as_dict() if request.config is not None else {}
-    body = {
-        "embedding_model_id": name,
-        "id": request.id,
-        "config": overrides,
-        "allow_embedding_space_change": request.allow_embedding_space_change,
-    }
-    if request.id is not None and (existing := get(db_session, task_id=request.id)) is not None:
-        return _same_request_or_conflict(existing, kind=TaskKind.DEPLOY, body=body)
-    workspace, config_name = _deploy_target(db_session, name=name)
-
-    def build() -> Task:
-        config = deployments_service.ensure_config_version(
-            db_session, workspace=workspace, name=config_name, overrides=overrides, policy=policy
-        )
-        metadata = deploy_metadata(
-            config,
-            initiated_by=initiated_by,
-            deployment_target=deployment_target,
-            allow_embedding_space_change=request.allow_embedding_space_change,
-        )
-        return _new_task(
-            db_session,
-            kind=TaskKind.DEPLOY,
-            task_id=request.id,
-            name=name,
-            body=body,
-            metadata=metadata,
-        )
-
-    return _store(db_session, build, kind=TaskKind.DEPLOY, task_id=request.id, body=body)
-
-
-def create_delete_task(
-    db_session: Session, *, request: ModelDeletionRequest, initiated_by: str = "admin"
-) -> Task:
-    """A pending delete task (or the existing one of the same id and body)."""
-    name = canonical(request.embedding_model_id)
-    body = {"embedding_model_id": name, "id": request.id, "reason": request.reason}
-    if request.id is not None and (existing := get(db_session, task_id=request.id)) is not None:
-        return _same_request_or_conflict(existing, kind=TaskKind.DELETE, body=body)
-    _require_deletable(db_session, name=name)
-    metadata = {"deletion_type": "manual", "reason": request.reason, "initiated_by": initiated_by}
-
-    def build() -> Task:
-        return _new_task(
-            db_session,
-            kind=TaskKind.DELETE,
-            task_id=request.id,
-            name=name,
-            body=body,
-            metadata=metadata,
-        )
-
-    return _store(db_session, build, kind=TaskKind.DELETE, task_id=request.id, body=body)
 
 
 def queue_deploy(
     db_session: Session,
     *,
     served_name: str,
-    config: DeploymentConfig,
+    config: ConfigVersion,
     deployment_revision_id: str,
     initiated_by: str = "admin",
     deployment_target: str = "local",
 ) -> Task:
     """The deploy task of a deployment version that the deployments API created: the same kind
-    of task as `create_deploy_task`'s, whose rollout snapshots that version
+    of task as a Tasks API deploy, whose rollout snapshots that version
     (`deployment_revision_id`) with its config version."""
     name = canonical(served_name)
     metadata = deploy_metadata(
@@ -189,7 +180,7 @@ def queue_deploy(
         deployment_target=deployment_target,
         allow_embedding_space_change=False,
     )
-    metadata["deployment_revision_id"] = deployment_revision_id
+    metadata.deployment_revision_id = deployment_revision_id
     body = {"embedding_model_id": name, "deployment_revision_id": deployment_revision_id}
     return new_task(db_session, kind=TaskKind.DEPLOY, name=name, body=body, metadata=metadata)
 
@@ -200,16 +191,18 @@ def new_task(
     kind: TaskKind,
     name: str,
     body: dict[str, Any],
-    metadata: dict[str, Any],
+    metadata: TaskMetadata,
+    task_id: str | None = None,
 ) -> Task:
-    """A pending task of a served name, with a new id, stored like every task."""
+    """A pending task of a served name (id `task_id`, else a new one), stored like every task:
+    a duplicate `task_id` answers with the task that won (same body) or a conflict."""
 
     def build() -> Task:
         return _new_task(
-            db_session, kind=kind, task_id=None, name=name, body=body, metadata=metadata
+            db_session, kind=kind, task_id=task_id, name=name, body=body, metadata=metadata
         )
 
-    return _store(db_session, build, kind=kind, task_id=None, body=body)
+    return _store(db_session, build, kind=kind, task_id=task_id, body=body)
 
 
 def queue_delete(
@@ -224,74 +217,37 @@ def queue_delete(
     targeted, when it targeted one, in `deployment_revision_id`)."""
     name = canonical(served_name)
     body = {"embedding_model_id": name, "reason": reason}
-    metadata: dict[str, Any] = {
-        "deletion_type": "manual",
-        "reason": reason,
-        "initiated_by": initiated_by,
-    }
+    metadata = delete_metadata(reason=reason, initiated_by=initiated_by)
     if deployment_revision_id is not None:
-        metadata["deployment_revision_id"] = deployment_revision_id
+        metadata.deployment_revision_id = deployment_revision_id
     return new_task(db_session, kind=TaskKind.DELETE, name=name, body=body, metadata=metadata)
 
 
+def delete_metadata(*, reason: str | None, initiated_by: str) -> TaskMetadata:
+    return TaskMetadata(deletion_type="manual", reason=reason, initiated_by=initiated_by)
+
+
 def deploy_metadata(
-    config: DeploymentConfig,
+    config: ConfigVersion,
     *,
     initiated_by: str,
     deployment_target: str,
     allow_embedding_space_change: bool,
-) -> dict[str, Any]:
+) -> TaskMetadata:
     """A deploy task's metadata: the config version it deploys, and where (the config's runtime,
     else the server's)."""
-    return {
-        "deployment_target": config.executor_config.get("runtime") or deployment_target,
-        "initiated_by": initiated_by,
-        "workspace": config.workspace,
-        "config": config.name,
-        "config_version": config.entity_version,
-        "allow_embedding_space_change": allow_embedding_space_change,
-    }
+    return TaskMetadata(
+        deployment_target=config.executor_config.get("runtime") or deployment_target,
+        initiated_by=initiated_by,
+        workspace=config.workspace,
+        config=config.name,
+        config_version=config.entity_version,
+        allow_embedding_space_change=allow_embedding_space_change,
+    )
 
 
 def new_task_id(kind: TaskKind) -> str:
     return f"{kind}-{uuid.uuid4().hex}"
-
-
-def _deploy_target(db_session: Session, *, name: str) -> tuple[str, str]:
-    """The workspace and config name a deploy of this served name uses; 404 if unknown.
-
-    In workspace `default` the name must be a registered embedding model; elsewhere a deployment
-    of that name must exist. An existing deployment's config is used, else the model's own."""
-    workspace, short_name = split_served_name(name)
-    deployment = deployments_service.get_latest_deployment(
-        db_session, workspace=workspace, name=short_name
-    )
-    if workspace == DEFAULT_WORKSPACE:
-        if registry_service.get(db_session, embedding_model_id=short_name) is None:
-            raise _unknown_model(name)
-    elif deployment is None:
-        raise _unknown_model(name)
-    return workspace, deployment.config if deployment is not None else short_name
-
-
-def _require_deletable(db_session: Session, *, name: str) -> None:
-    """A delete needs a registered model (workspace `default`) or a deployment of that name."""
-    workspace, short_name = split_served_name(name)
-    if (
-        deployments_service.get_latest_deployment(db_session, workspace=workspace, name=short_name)
-        is not None
-    ):
-        return
-    if (
-        workspace == DEFAULT_WORKSPACE
-        and registry_service.get(db_session, embedding_model_id=short_name) is not None
-    ):
-        return
-    raise _unknown_model(name)
-
-
-def _unknown_model(name: str) -> NotFoundError:
-    return NotFoundError(f"Embedding model `{name}` is not found")
 
 
 def _new_task(
@@ -301,7 +257,7 @@ def _new_task(
     task_id: str | None,
     name: str,
     body: dict[str, Any],
-    metadata: dict[str, Any],
+    metadata: TaskMetadata,
 ) -> Task:
     created_at = _next_created_at(db_session, name=name)
     return Task(
@@ -310,7 +266,7 @@ def _new_task(
         embedding_model_id=name,
         status=TaskStatus.PENDING,
         request=body,
-        task_metadata=metadata,
+        task_metadata=metadata.stored(),
         created_at=created_at,
         updated_at=created_at,
     )

@@ -1,4 +1,4 @@
-"""The Deployment Tasks API (api/tasks.md), under `/internal/inference-deployment`.
+"""The Deployment Tasks API (docs/api/tasks.md), under `/internal/inference-deployment`.
 
 Thin views: parse, call one service function, shape the response. Workers are woken through the
 `TASKS` signal once the session that created or canceled a task has committed.
@@ -12,16 +12,16 @@ from fastapi import APIRouter, Path, Query, Request
 
 from greenroom.auth.deps import CurrentPrincipal
 from greenroom.config import Settings
-from greenroom.deployments.schemas import TEXT_PATTERN
-from greenroom.deployments.service import ConfigPolicy
 from greenroom.deps import DbSession, notify_workers_after_commit
+from greenroom.schemas import TEXT_PATTERN
+from greenroom.tasks import flows as tasks_flows
 from greenroom.tasks import service as tasks_service
-from greenroom.tasks.rollback import RollbackRequest, create_rollback_task
 from greenroom.tasks.schemas import (
     ModelDeletionRequest,
     ModelDeletionResponse,
     ModelDeploymentRequest,
     ModelDeploymentResponse,
+    RollbackRequest,
     TaskKind,
 )
 
@@ -48,12 +48,12 @@ def deploy(
     request: Request,
     principal: CurrentPrincipal,
 ) -> ModelDeploymentResponse:
-    task = tasks_service.create_deploy_task(
+    task = tasks_flows.create_deploy_task(
         db_session,
         request=body,
-        initiated_by=principal.name,
+        principal=principal,
         deployment_target=_settings(request).runtime,
-        policy=ConfigPolicy.of(_settings(request)),
+        policy=tasks_flows.config_policy(_settings(request)),
     )
     notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
@@ -67,12 +67,12 @@ def rollback(
     principal: CurrentPrincipal,
 ) -> ModelDeploymentResponse:
     """A deploy task bringing back the previous (or the named) revision as a new revision."""
-    task = create_rollback_task(
+    task = tasks_flows.create_rollback_task(
         db_session,
         request=body,
-        initiated_by=principal.name,
+        principal=principal,
         deployment_target=_settings(request).runtime,
-        policy=ConfigPolicy.of(_settings(request)),
+        policy=tasks_flows.config_policy(_settings(request)),
     )
     notify_workers_after_commit(request, db_session)
     return ModelDeploymentResponse.from_task(task)
@@ -125,7 +125,7 @@ def delete(
     request: Request,
     principal: CurrentPrincipal,
 ) -> ModelDeletionResponse:
-    task = tasks_service.create_delete_task(db_session, request=body, initiated_by=principal.name)
+    task = tasks_flows.create_delete_task(db_session, request=body, principal=principal)
     notify_workers_after_commit(request, db_session)
     return ModelDeletionResponse.from_task(task)
 

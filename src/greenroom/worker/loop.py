@@ -2,7 +2,7 @@
 
 `Worker.run()` claims tasks while fewer than `concurrency` run, hands each task id to the task
 handler and renews the task's lease every third of its length. The handler ends the task itself
-(`done` or `failed`, through `tasks.states.transition`). The worker steps in only when something
+(`done` or `failed`, through `tasks.leases.end`). The worker steps in only when something
 goes wrong:
 
 - the lease was lost (taken over elsewhere, or not renewable before it ran out): the handler is
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from greenroom.metrics import Metrics
 from greenroom.signals import MAX_WAIT_S, Signals, Topic
 from greenroom.store.db import Store
-from greenroom.tasks.models import Task
+from greenroom.tasks import leases
+from greenroom.tasks import service as tasks_service
 from greenroom.tasks.states import TaskStatus
-from greenroom.worker import leases
 
 log = logging.getLogger("greenroom.worker")
 
@@ -168,7 +168,7 @@ class Worker:
                 self.metrics.lease_takeovers.inc()
         else:
             log.info("claimed task %s (%s %s)", task.id, task.kind, task.embedding_model_id)
-        self._start(task, claimed_at + self.lease_s)
+        self._start(task.id, task.kind, claimed_at + self.lease_s)
         return True
 
     async def _idle(self) -> None:
@@ -183,11 +183,11 @@ class Worker:
                 waiting.cancel()
             await asyncio.wait(waits)
 
-    def _start(self, task: Task, lease_deadline: float) -> None:
-        handler = asyncio.create_task(self._call_handler(task.id), name=f"task {task.id}")
-        running = _Running(task.id, task.kind, lease_deadline, handler)
+    def _start(self, task_id: str, kind: str, lease_deadline: float) -> None:
+        handler = asyncio.create_task(self._call_handler(task_id), name=f"task {task_id}")
+        running = _Running(task_id, kind, lease_deadline, handler)
         running.supervisor = asyncio.create_task(self._supervise(running))
-        self._running[task.id] = running
+        self._running[task_id] = running
 
     async def _call_handler(self, task_id: str) -> None:
         await self.handler(task_id)
@@ -274,7 +274,7 @@ class Worker:
     def _ended_status(self, task_id: str) -> TaskStatus | None:
         """The final status the handler left, failing the task if it left it running."""
         with self.store.session_scope() as db_session:
-            task = db_session.get(Task, task_id)
+            task = tasks_service.get(db_session, task_id=task_id)
             if task is None:
                 return None
             status = TaskStatus(task.status)

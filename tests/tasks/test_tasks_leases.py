@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 import pytest
 from helpers import wait_until_sync
 from sqlalchemy import text
-from worker_tasks import add_tasks, finish, get_task
+from task_rows import add_tasks, finish, get_task
 
 from greenroom.store.db import Store, utcnow
+from greenroom.tasks import leases
+from greenroom.tasks.leases import Claim
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
-from greenroom.worker import leases
-from greenroom.worker.leases import Claim
 
 LEASE_S = 10.0
 

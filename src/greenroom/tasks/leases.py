@@ -1,4 +1,7 @@
-"""Task leases: claim a task, renew and release its lease, fail it as the worker's safety net.
+"""Task leases: claim a task, renew and release its lease, end it (fenced by the lease).
+
+The tasks domain owns its lease columns: the worker calls these functions, and nothing else
+writes `lease_owner`, `lease_expires_at` or `attempts`.
 
 A worker holds a task while the task is `processing`, `lease_owner` is the worker's id and
 `lease_expires_at` lies ahead; it renews the lease every third of its length. A task whose lease
@@ -79,7 +82,7 @@ def claim(
         db_session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
     statement = (
         update(Task)
-        .where(Task.id == _candidate(now, lock=is_postgres).scalar_subquery())
+        .where(Task.id == _candidate(now, worker_id, lock=is_postgres).scalar_subquery())
         .values(
             lease_owner=worker_id,
             lease_expires_at=now + timedelta(seconds=lease_s),
@@ -157,10 +160,29 @@ def get_held(db_session: Session, *, task_id: str, worker_id: str) -> Task | Non
 def mark_failed(db_session: Session, *, task_id: str, worker_id: str, detail: str) -> bool:
     """Fail a task this worker holds (its handler raised); False when it is no longer ours or
     no longer `processing`."""
-    task = get_held(db_session, task_id=task_id, worker_id=worker_id)
+    return end(
+        db_session, task_id=task_id, worker_id=worker_id, status=TaskStatus.FAILED, detail=detail
+    )
+
+
+def end(
+    db_session: Session,
+    *,
+    task_id: str,
+    worker_id: str | None,
+    status: TaskStatus,
+    detail: str | None = None,
+) -> bool:
+    """Record a task's end (`done` or `failed`, with `detail`), fenced: only while `worker_id`
+    holds it, so a worker that lost its lease cannot overwrite the result of the one that took
+    over (no `worker_id`: a handler run outside a worker, as in tests). False when refused."""
+    if worker_id is None:
+        task = db_session.get(Task, task_id, populate_existing=True)
+    else:
+        task = get_held(db_session, task_id=task_id, worker_id=worker_id)
     if task is None:
         return False
-    accepted = transition(task, TaskStatus.FAILED, reason=detail).accepted
+    accepted = transition(task, status, reason=detail).accepted
     db_session.flush()
     return accepted
 
@@ -173,14 +195,18 @@ def _held(task_id: str, worker_id: str) -> ColumnElement[bool]:
     )
 
 
-def _candidate(now: datetime, *, lock: bool) -> Select[tuple[str]]:
+def _candidate(now: datetime, worker_id: str, *, lock: bool) -> Select[tuple[str]]:
     # Aliased, so that inside `UPDATE tasks` the subquery reads its own `tasks` rather than
     # correlating to the row being updated.
     candidate = aliased(Task, name="candidate")
     busy, older = aliased(Task, name="busy"), aliased(Task, name="older")
+    # Never one of this worker's own tasks: its handler still runs (a claim that waited long for
+    # SQLite's write lock can write a lease that is nearly over, and the next claim would take
+    # the task over from itself and run it twice). Its renewal extends the lease instead.
     lease_expired = and_(
         candidate.status == TaskStatus.PROCESSING,
         or_(candidate.lease_expires_at.is_(None), candidate.lease_expires_at <= now),
+        or_(candidate.lease_owner.is_(None), candidate.lease_owner != worker_id),
     )
     # Any processing task blocks its name, expired or not: it is taken over first, never run
     # beside the next one.
