@@ -5,8 +5,10 @@ private local Ray, reached three ways with the same token ids:
 
 (a) protocol: the replica protocol server inside the Serve replica (`ReplicaClient`, one
     connection per concurrent caller), what the router uses for local replicas;
-(b) handle:   the Serve deployment handle (`ServeHandleClient` → `GreenroomReplica.embed`);
+(b) handle:   the Serve deployment handle (`ServeHandleClient` → `TransportReplica.embed`);
 (c) http:     Serve's HTTP proxy (`POST /greenroom-<revision>`, the same binary payload).
+
+(b) and (c) are the benchmark's own (`bench/ray_transports.py`); the router uses (a).
 
 Single-sentence and 16-sentence batches at concurrency 1 and 8, each for `--seconds`. With
 `--model <a tiny model dir>` the engine costs next to nothing and the figures are the transports'.
@@ -33,12 +35,14 @@ from tokenizers import Tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from ray_transports import ServeHandleClient, TransportReplica
+
 from greenroom.config import DEFAULT_MODEL_SOURCE, Settings
 from greenroom.registry.weights import content_hash, resolve_source
 from greenroom.runtime import protocol
 from greenroom.runtime.base import RevisionSpec
 from greenroom.runtime.protocol import ReplicaClient
-from greenroom.runtime.ray import RayRuntime, ServeHandleClient, app_name
+from greenroom.runtime.ray import RayRuntime, app_name
 
 SENTENCE = "The quick brown fox jumps over the lazy dog while the router batches requests."
 Embed = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
@@ -87,7 +91,7 @@ async def main(args: argparse.Namespace) -> None:
     model = resolve_source(args.model)
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     started = time.perf_counter()
-    runtime = RayRuntime(settings, keep_applications=False)
+    runtime = RayRuntime(settings, keep_applications=False, replica_class=TransportReplica)
     try:
         await runtime.open()
         spec = RevisionSpec(

@@ -101,13 +101,14 @@ class RuntimeConformance(ABC):
                 (r.replica_id, r.pid, r.state) for r in before
             ]
             assert backend.revisions() == [spec.revision_id]
+            assert backend.running() == {spec.revision_id: spec}  # what the reconciler compares
 
     @async_test
     async def test_unknown_revision_has_no_replicas(self) -> None:
         async with self.running_backend() as backend:
             assert backend.replicas("rev-unknown") == []
             assert backend.ready_replicas("rev-unknown") == []
-            assert backend.revisions() == []
+            assert backend.revisions() == [] and backend.running() == {}
             await backend.stop_revision("rev-unknown")  # stopping nothing is harmless
             assert backend.revisions() == []
 
@@ -138,6 +139,7 @@ class RuntimeConformance(ABC):
             await backend.stop_revision(blue.revision_id)
             assert backend.replicas(blue.revision_id) == []
             assert backend.revisions() == [green.revision_id]
+            assert backend.running() == {green.revision_id: green}
             await wait_until(
                 lambda: all(self.replica_gone(r) for r in blue_replicas),
                 what="the stopped replicas' processes to exit",

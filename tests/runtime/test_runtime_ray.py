@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,22 +26,27 @@ from greenroom.runtime.ray import (
     ACTOR_PREFIX,
     SERVE_NAMESPACE,
     RayRuntime,
-    ServeHandleClient,
     Slot,
     app_name,
     assign,
-    ensure_ray_token,
 )
+from greenroom.runtime.ray_replica import GreenroomReplica
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from ray_transports import ServeHandleClient, TransportReplica  # bench/: not in src/
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 SECRET = "5e" * 32
 
 
-def ray_runtime(data_dir: Path, onnx_cache_dir: Path) -> RayRuntime:
+def ray_runtime(
+    data_dir: Path, onnx_cache_dir: Path, replica_class: type[GreenroomReplica] = GreenroomReplica
+) -> RayRuntime:
     runtime = RayRuntime(
         Settings(data_dir=data_dir, runtime="ray", replica_stop_grace_s=2.0),
         poll_interval_s=0.2,
         keep_applications=False,
+        replica_class=replica_class,
     )
     runtime.onnx_cache_dir = onnx_cache_dir
     return runtime
@@ -73,7 +78,7 @@ class TestRayRuntimeConformance(RuntimeConformance):
 async def test_serve_handle_transport_embeds_like_the_protocol(
     tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
 ) -> None:
-    runtime = ray_runtime(tmp_path, onnx_cache_dir)
+    runtime = ray_runtime(tmp_path, onnx_cache_dir, TransportReplica)
     spec = RevisionSpec(
         "rev-handle", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
     )
@@ -106,6 +111,7 @@ async def test_a_new_backend_adopts_running_applications(
     try:
         await second.open()
         assert second.revisions() == [spec.revision_id]
+        assert second.running() == {spec.revision_id: spec}  # the same spec, less its secret
         (after,) = await wait_ready(second, spec.revision_id, 1)
         await second.start_revision(spec)  # the same spec: nothing restarts
         assert (after.pid, after.port) == (before.pid, before.port)
@@ -128,12 +134,3 @@ def test_slots_keep_their_ids_and_count_replacements() -> None:
     assert slots[1].status.restarts == 0
     assign(slots, set(), {}, ("DEPLOY_FAILED", "constructor raised"))
     assert {s.status.message for s in slots} == {"constructor raised"}
-
-
-def test_the_private_ray_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
-    path = ensure_ray_token(tmp_path / "data" / "ray.token")
-    token = path.read_text()
-    assert len(token) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
-    path.chmod(0o644)
-    assert ensure_ray_token(path).read_text() == token  # reused, and private again
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -110,8 +110,13 @@ class RuntimeBackend(ABC):
         """The revision's replicas now; empty for an unknown revision."""
 
     @abstractmethod
+    def running(self) -> dict[str, RevisionSpec]:
+        """The spec each revision runs now (the last started), by revision id: the actual state
+        the reconciler compares with the store's desired one. Adopted revisions included."""
+
     def revisions(self) -> list[str]:
         """Ids of the revisions this backend runs."""
+        return list(self.running())
 
     @abstractmethod
     async def close(self) -> None:

@@ -155,8 +155,8 @@ class FakeRuntime(RuntimeBackend):
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         return [r.status for r in self._replicas.get(revision_id, [])]
 
-    def revisions(self) -> list[str]:
-        return list(self._replicas)
+    def running(self) -> dict[str, RevisionSpec]:
+        return dict(self._specs)
 
     async def close(self) -> None:
         for revision_id in list(self._replicas):

@@ -245,8 +245,8 @@ class LocalRuntime(RuntimeBackend):
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         return [slot.status for slot in self._slots.get(revision_id, [])]
 
-    def revisions(self) -> list[str]:
-        return list(self._slots)
+    def running(self) -> dict[str, RevisionSpec]:
+        return dict(self._specs)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_revision(r) for r in list(self._slots)))

@@ -1,22 +1,15 @@
 """The Ray runtime: every revision is its own Ray Serve application, `greenroom-<revision id>`.
 
 Green comes up as a new application beside blue's (never an in-place update of one application)
-and blue's application is deleted after the drain. A Serve replica loads its engine with the same
-code as a local replica process and also runs the replica protocol server (`ReplicaServer`), so
-the router, the probes and the reconciler talk to it exactly as to a local replica; it publishes
-its endpoint in Ray's KV store, where this backend reads it. The deployment's `embed` method is a
-second transport (`ServeHandleClient`), measured in `bench/ray_transport.py`.
+and blue's application is deleted after the drain. The replicas are `ray_replica.GreenroomReplica`
+deployments: each runs the replica protocol server and publishes its endpoint in Ray's KV store,
+where this backend reads it, so the router talks to a Serve replica exactly as to a local one.
 
-Connects to `RAY_ADDRESS` when set, else starts a private local Ray (never a plain `ray.init()`,
-which attaches to any Ray on the host). Applications on an external cluster outlive greenroom and
-are re-adopted on the next start; a private local Ray dies with this process.
-
-Security: the private Ray listens on 127.0.0.1 only, keeps Ray's token authentication on (the
-token is generated once into `<data dir>/ray.token`, 0600) and its processes start without the
-server's `GREENROOM_*` secrets. With `RAY_ADDRESS`, greenroom uses the cluster's own settings
-(`RAY_AUTH_MODE=token` with `RAY_AUTH_TOKEN_PATH` or `RAY_AUTH_TOKEN`, as for any Ray client).
-Replicas get the allowed variables of their config only (`environment.replica_environment`) and
-their revision's secret as a bind argument, which guards their protocol port.
+Where Ray runs is `ray_cluster`'s: `RAY_ADDRESS` when set, else a private local Ray that dies
+with this process. Applications on an external cluster outlive greenroom and are re-adopted on
+the next start (their spec is kept in Ray's KV store); a private Ray's die with it. Replicas get
+the allowed variables of their config only (`environment.replica_environment`) and their
+revision's secret as a bind argument, which guards their protocol port.
 
 Every call into Ray runs on one thread of its own (`_call`), off the event loop.
 """
@@ -25,195 +18,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
-import secrets
-import shutil
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import orjson
 
 from greenroom.config import Settings, default_threads
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
-from greenroom.runtime.environment import replica_environment, without_server_secrets
+from greenroom.runtime.environment import replica_environment
+from greenroom.runtime.ray_cluster import (
+    KV_NAMESPACE,
+    LOOPBACK,
+    RAY_TOKEN_FILE,
+    connect,
+    node_ip,
+    start_private_ray,
+    start_serve,
+    stop_private_ray,
+)
+from greenroom.runtime.ray_replica import GreenroomReplica, kv, spec_from_json, spec_to_json
 
 log = logging.getLogger("greenroom.runtime.ray")
 APP_PREFIX = "greenroom-"
 DEPLOYMENT = "GreenroomReplica"
-KV_NAMESPACE = "greenroom"
 SERVE_NAMESPACE = "serve"
 ACTOR_PREFIX = "SERVE_REPLICA::"
-LOOPBACK = "127.0.0.1"
-PRIVATE_OBJECT_STORE_BYTES = 100 * 1024 * 1024
-RAY_TOKEN_FILE = "ray.token"  # in the data dir: the private Ray's auth token
-SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-T = TypeVar("T")
 
 
 def app_name(revision_id: str) -> str:
     return f"{APP_PREFIX}{revision_id}"
 
 
-def spec_to_json(spec: RevisionSpec) -> bytes:
-    """The spec as kept in Ray's KV store for adoption: without its secret (the replicas get
-    that as a bind argument of their deployment)."""
-    values = dataclasses.asdict(spec)
-    values.pop("secret")
-    return orjson.dumps(values, default=str)
-
-
-def spec_from_json(raw: bytes) -> RevisionSpec:
-    values = orjson.loads(raw)
-    values["model_path"] = Path(values["model_path"])
-    return RevisionSpec(**values)
-
-
-def _kv():  # type: ignore[no-untyped-def]
-    from ray.experimental import internal_kv
-
-    return internal_kv
-
-
-# ----- the Serve deployment (runs inside the Ray worker) -------------------------------------
-class GreenroomReplica:
-    """One Serve replica: the engine, warmed up, behind the replica protocol and `embed`."""
-
-    def __init__(
-        self, spec_json: bytes, cache_dir: str, bind_host: str, report_host: str, secret: str
-    ) -> None:
-        from ray import serve
-
-        from greenroom.runtime.engines import EngineOptions, load_engine
-        from greenroom.runtime.replica import ReplicaServer
-
-        if not secret:
-            raise ValueError("a replica needs its revision's secret")
-        if bind_host == LOOPBACK:
-            serve_grpc_on_loopback()
-        spec = spec_from_json(spec_json)
-        engine = load_engine(
-            EngineOptions(
-                model_path=spec.model_path,
-                content_hash=spec.content_hash,
-                engine=spec.engine,
-                quantization=spec.quantization,
-                threads=spec.threads,
-                cache_dir=Path(cache_dir),
-                gpu=spec.gpu,
-            )
-        )
-        engine.warm_up()
-        self.engine = engine
-        self.server = ReplicaServer(engine, secret, max_batch_size=spec.max_batch_size)
-        self._secret = secret
-        # The protocol server gets an event loop and thread of its own: independent of how Serve
-        # runs user code.
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self.server.handle, bind_host, 0), self._loop
-        ).result(30)
-        self._port = server.sockets[0].getsockname()[1]
-        self._host = report_host
-        context = serve.get_replica_context()
-        self._key = f"{context.app_name}/{context.replica_id.unique_id}"
-        endpoint = {"host": self._host, "port": self._port, "pid": os.getpid()}
-        _kv()._internal_kv_put(self._key, orjson.dumps(endpoint), namespace=KV_NAMESPACE)
-
-    def endpoint(self) -> tuple[str, int]:
-        return self._host, self._port
-
-    async def embed(self, lengths: np.ndarray, flat_ids: np.ndarray) -> np.ndarray:
-        """The Serve-handle transport (callers hold Ray's token); shares the engine thread with
-        the protocol server and its limits."""
-        from greenroom.runtime import protocol
-
-        lengths = np.asarray(lengths, dtype=np.int64)
-        flat_ids = np.asarray(flat_ids, dtype=np.int64)
-        protocol.check_batch(lengths, flat_ids, self.server.limits)
-        loop = asyncio.get_running_loop()
-        engine_thread = self.server.executor
-        return await loop.run_in_executor(engine_thread, self.engine.embed, lengths, flat_ids)
-
-    async def __call__(self, request: Any) -> Any:
-        """Serve's HTTP proxy transport (measured, not used by the router; the proxy runs only
-        with `GREENROOM_RAY_HTTP_PORT`, on loopback): `Authorization: Bearer <the revision's
-        secret>` and an EMBED request payload of the replica protocol in, raw little-endian
-        float32 vectors out."""
-        import hmac
-
-        from starlette.responses import Response
-
-        from greenroom.runtime import protocol
-
-        given = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), self._secret.encode()):
-            return Response(status_code=401)
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > self.server.limits.max_request_bytes:
-            return Response(status_code=413)
-        try:
-            lengths, flat_ids = protocol.decode_embed(await request.body(), self.server.limits)
-        except protocol.RefusedRequest as exc:
-            return Response(str(exc), status_code=400)
-        vectors = await self.embed(lengths, flat_ids)
-        return Response(
-            vectors.astype("<f4", copy=False).tobytes(),
-            media_type="application/octet-stream",
-            headers={"x-dimension": str(vectors.shape[1])},
-        )
-
-    def check_health(self) -> None:
-        if not self._thread.is_alive():
-            raise RuntimeError("the replica protocol server stopped")
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            _kv()._internal_kv_del(self._key, namespace=KV_NAMESPACE)
-
-
-def serve_grpc_on_loopback() -> None:
-    """Ray Serve (2.60) starts each replica's inter-deployment gRPC server on `[::]:0`, every
-    interface, right after the deployment's constructor, whatever the node's IP. On a private
-    Ray, whose every other server listens on 127.0.0.1 only, bind it there too (Ray's token
-    guards it either way). Called in the replica's process, from the constructor."""
-    from ray.serve._private import replica as serve_replica
-
-    bind = serve_replica.add_port_to_grpc_server
-    if getattr(bind, "loopback_only", False):
-        return
-
-    def bind_loopback(server: Any, address: str) -> int:
-        return bind(server, f"{LOOPBACK}:0" if address == "[::]:0" else address)
-
-    bind_loopback.loopback_only = True  # type: ignore[attr-defined]
-    serve_replica.add_port_to_grpc_server = bind_loopback
-
-
-class ServeHandleClient:
-    """`ReplicaClient`'s interface over a Serve deployment handle (Serve picks the replica)."""
-
-    def __init__(self, revision_id: str) -> None:
-        from ray import serve
-
-        self.handle = serve.get_app_handle(app_name(revision_id))
-
-    async def embed(self, lengths: np.ndarray, flat_ids: np.ndarray) -> np.ndarray:
-        return await self.handle.embed.remote(lengths, flat_ids)
-
-    async def close(self) -> None:
-        return None
-
-
-# ----- the backend ---------------------------------------------------------------------------
 @dataclass
 class Slot:
     """One wanted replica; `serve_id` is the Serve replica that fills it now."""
@@ -239,105 +78,6 @@ class Observation:
     endpoints: dict[str, dict[str, dict[str, Any]]]  # app → Serve replica id → endpoint
 
 
-def private_temp_dir(pid: int | None = None) -> Path:
-    """Short on purpose: Ray's Unix socket paths live under it (108-byte limit)."""
-    return Path(f"/tmp/gr-ray-{pid or os.getpid()}")
-
-
-def ensure_ray_token(path: Path) -> Path:
-    """The private Ray's token: generated once, kept in `path` (0600), reused by every start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text().strip():
-            os.chmod(path, 0o600)
-            return path
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(32))
-    os.replace(partial, path)
-    return path
-
-
-def start_private_ray(
-    token_path: Path, num_cpus: int | None = None, temp_dir: Path | None = None
-) -> Path:
-    """A Ray of this process's own on this machine (not any Ray already on the host): every
-    process of it listens on 127.0.0.1 only, token authentication is on (the token in
-    `token_path`, made by `ensure_ray_token`) and none inherits a server secret.
-
-    Returns the directory to remove after `ray.shutdown()` (0700; Ray's own temp dir, which it
-    makes world-writable, lies inside it).
-    """
-    import ray
-
-    temp_dir = temp_dir or private_temp_dir()
-    temp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(temp_dir, 0o700)
-    # Kept for the life of this process: the driver authenticates every call with it.
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_ray_token(token_path))
-    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    _reload_ray_auth()
-    # GCS, raylet, agents and workers start from this process's environment (`ray.init`
-    # spawns them, workers inherit the raylet's): without our secrets, with a loopback node IP.
-    with without_server_secrets(), _loopback_node():
-        ray.init(
-            address="local",
-            _node_ip_address=LOOPBACK,
-            _temp_dir=str(temp_dir / "r"),
-            object_store_memory=PRIVATE_OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            num_cpus=num_cpus or default_threads(),
-            log_to_driver=False,
-            namespace=KV_NAMESPACE,
-        )
-    return temp_dir
-
-
-def _reload_ray_auth() -> None:
-    """Ray caches its auth mode and token; an imported Ray reads them again."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-@contextlib.contextmanager
-def _loopback_node() -> Iterator[None]:
-    """Ray turns a node IP of 127.0.0.1 into the machine's address, and its gRPC servers then
-    listen on every interface, unless it believes it runs a single-machine cluster (what it
-    does on macOS and Windows): then the node IP stays 127.0.0.1 and every server, the GCS's,
-    raylet's, object manager's and each worker's, listens on loopback only. The variable is
-    read at import and by each Ray process; set in both places for the start."""
-    from ray._private import ray_constants
-
-    before_env = os.environ.get(SINGLE_MACHINE_ENV)
-    before_constant = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[SINGLE_MACHINE_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before_constant
-        if before_env is None:
-            os.environ.pop(SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[SINGLE_MACHINE_ENV] = before_env
-
-
-def start_serve(http_port: int | None) -> None:
-    """Serve's controller; its HTTP proxy only when a port is given (the router does not need
-    it, and its default port 8000 is greenroom's)."""
-    from ray import serve
-
-    if http_port is None:
-        serve.start(proxy_location="Disabled")
-    else:
-        serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": http_port})
-
-
 class RayRuntime(RuntimeBackend):
     """Revisions as Ray Serve applications; replicas reported with their protocol endpoints."""
 
@@ -349,9 +89,11 @@ class RayRuntime(RuntimeBackend):
         *,
         poll_interval_s: float = 0.5,
         keep_applications: bool | None = None,
+        replica_class: type[GreenroomReplica] = GreenroomReplica,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.replica_class = replica_class  # the Serve deployment's class (bench: a subclass)
         self.poll_interval_s = poll_interval_s
         self.onnx_cache_dir = settings.resolved_data_dir() / "onnx"
         self.external = bool(os.environ.get("RAY_ADDRESS"))
@@ -394,11 +136,7 @@ class RayRuntime(RuntimeBackend):
 
         if not ray.is_initialized():
             if self.external:
-                address = os.environ["RAY_ADDRESS"]
-                # a loopback-only Ray on this machine: join it as a loopback node too
-                local = _is_loopback(address)
-                with _loopback_node() if local else contextlib.nullcontext():
-                    ray.init(address=address, namespace=KV_NAMESPACE)
+                connect(os.environ["RAY_ADDRESS"])
             else:
                 token = self.settings.resolved_data_dir() / RAY_TOKEN_FILE
                 self._temp_dir = start_private_ray(token)
@@ -412,7 +150,7 @@ class RayRuntime(RuntimeBackend):
         for name in serve.status().applications:
             if not name.startswith(APP_PREFIX):
                 continue
-            raw = _kv()._internal_kv_get(f"spec/{name}", namespace=KV_NAMESPACE)
+            raw = kv()._internal_kv_get(f"spec/{name}", namespace=KV_NAMESPACE)
             if raw:
                 specs.append(spec_from_json(raw))
         return specs
@@ -456,10 +194,10 @@ class RayRuntime(RuntimeBackend):
 
         name = app_name(spec.revision_id)
         raw = spec_to_json(spec)
-        _kv()._internal_kv_put(f"spec/{name}", raw, namespace=KV_NAMESPACE)
+        kv()._internal_kv_put(f"spec/{name}", raw, namespace=KV_NAMESPACE)
         # On an external cluster the router may run on another node: the protocol server
         # listens on every interface there, and the revision's secret is what guards it.
-        report_host = LOOPBACK if not self.external else _node_ip()
+        report_host = LOOPBACK if not self.external else node_ip()
         bind_host = LOOPBACK if not self.external else "0.0.0.0"
         env_vars = replica_environment(
             spec.environment,
@@ -469,7 +207,7 @@ class RayRuntime(RuntimeBackend):
             inherit_base=False,
         )
         deployment = serve.deployment(
-            GreenroomReplica,
+            self.replica_class,
             name=DEPLOYMENT,
             num_replicas=spec.replicas,
             max_ongoing_requests=self.settings.ray_max_ongoing_requests,
@@ -512,17 +250,17 @@ class RayRuntime(RuntimeBackend):
         name = app_name(revision_id)
         if name in serve.status().applications:
             serve.delete(name, _blocking=True)
-        kv = _kv()
-        for key in kv._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
-            kv._internal_kv_del(key, namespace=KV_NAMESPACE)
-        kv._internal_kv_del(f"spec/{name}", namespace=KV_NAMESPACE)
+        store = kv()
+        for key in store._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
+            store._internal_kv_del(key, namespace=KV_NAMESPACE)
+        store._internal_kv_del(f"spec/{name}", namespace=KV_NAMESPACE)
 
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         revision = self._revisions.get(revision_id)
         return [slot.status for slot in revision.slots] if revision else []
 
-    def revisions(self) -> list[str]:
-        return list(self._revisions)
+    def running(self) -> dict[str, RevisionSpec]:
+        return {revision_id: known.spec for revision_id, known in self._revisions.items()}
 
     async def close(self) -> None:
         if self._closed or self._opened is None:
@@ -543,15 +281,8 @@ class RayRuntime(RuntimeBackend):
         self._opened = None
 
     def _shutdown(self) -> None:
-        import ray
-        from ray import serve
-
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
+        stop_private_ray(self._temp_dir)
         self.owns_ray = False
-        if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     # ----- observing Serve ------------------------------------------------------------------
     async def _poll_loop(self) -> None:
@@ -582,14 +313,14 @@ class RayRuntime(RuntimeBackend):
             if app in alive:
                 alive[app].add(rest.rpartition("#")[2])
         endpoints: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
-        kv = _kv()
+        store = kv()
         for name in names:
-            for key in kv._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
+            for key in store._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
                 serve_id = key.decode().rpartition("/")[2]
                 if serve_id not in alive[name]:  # a dead replica's leftover
-                    kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+                    store._internal_kv_del(key, namespace=KV_NAMESPACE)
                     continue
-                raw = kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+                raw = store._internal_kv_get(key, namespace=KV_NAMESPACE)
                 if raw:
                     endpoints[name][serve_id] = orjson.loads(raw)
         return Observation(apps, alive, endpoints)
@@ -655,14 +386,3 @@ def assign(
                 state=ReplicaState.STARTING, host=None, port=None, pid=None, message="loading model"
             )
         slot.status = replace(slot.status, **changes)
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.removeprefix("ray://").rpartition(":")[0] or address
-    return host in {"localhost", "::1", "[::1]"} or host.startswith("127.")
-
-
-def _node_ip() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()

@@ -1,10 +1,16 @@
 """The supervisor's reconcile loop: desired replicas in the store → the runtime → reports back.
 
 Like the Serve controller: the target comes from the store (revisions with `desired_replicas`
-> 0 for this runtime), the actual state from the backend; the difference becomes starts and
-stops. One pass is idempotent and also runs at start-up, so after a restart of `greenroom serve`
-the replicas of live revisions come back. Every replica change the backend reports is written
-to the revision's row (`ready_replicas`, `replicas`), where the worker waits for it.
+> 0 for this supervisor's runtime targets, as `RevisionSpec`s), the actual state from the
+backend (`RuntimeBackend.running()`: the spec each revision runs); `plan` turns the difference
+into start, update and stop requests, a pure function, and `act` carries them out. One pass is
+idempotent (an unchanged spec is left alone) and also runs at start-up, so after a restart of
+`greenroom serve` the replicas of live revisions come back (Ray's are re-adopted: nothing to do).
+
+Every replica change the backend reports goes to the workloads service (`record_replicas`),
+where the worker waits for it; the live revision's health it returns decides its deployment
+version's LOST (no replica ready for `lost_after_s`) and its recovery, through the deployments
+service. This module reads and writes no table itself.
 """
 
 from __future__ import annotations
@@ -12,26 +18,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from greenroom.config import default_threads
-from greenroom.deployments.models import Deployment
-from greenroom.deployments.states import DeploymentStatus, set_status
+from greenroom.deployments import service as deployments_service
+from greenroom.deployments.states import DeploymentStatus
 from greenroom.runtime.base import ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
-from greenroom.workloads.models import LiveRevision, Revision
-from greenroom.workloads.states import RevisionPhase, set_phase
+from greenroom.workloads import service as workloads_service
+from greenroom.workloads.schemas import LiveHealth
 
 log = logging.getLogger("greenroom.reconcile")
 
 
-def revision_spec(revision: Revision) -> RevisionSpec:
+class DesiredRevision(Protocol):
+    """What the reconciler reads of a revision the workloads service returns."""
+
+    id: str
+    model_path: str
+    content_hash: str
+    engine: str
+    config: dict[str, Any]
+    desired_replicas: int
+    runtime: str
+    replica_secret: str
+
+
+def revision_spec(revision: DesiredRevision) -> RevisionSpec:
     config = revision.config
     return RevisionSpec(
         revision_id=revision.id,
@@ -49,19 +69,54 @@ def revision_spec(revision: Revision) -> RevisionSpec:
     )
 
 
+# ----- deciding --------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What one pass changes: revisions to (re)start with their spec, revisions to stop."""
+    """What one pass asks of the backend: revisions to start (not running), to update (running
+    another spec: restarted with the desired one) and to stop (running, not desired)."""
 
-    start: list[RevisionSpec]
-    stop: list[str]
+    start: tuple[RevisionSpec, ...] = ()
+    update: tuple[RevisionSpec, ...] = ()
+    stop: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.start or self.update or self.stop)
 
 
-def plan(desired: list[RevisionSpec], running: set[str]) -> Plan:
-    """Deciding, apart from acting: start every desired spec (a no-op when unchanged), stop the
-    rest."""
-    wanted = {spec.revision_id for spec in desired}
-    return Plan(start=desired, stop=sorted(running - wanted))
+def plan(desired: Iterable[RevisionSpec], running: Mapping[str, RevisionSpec]) -> Plan:
+    """Desired minus actual, apart from acting. Specs compare by what a revision runs (its
+    secret takes no part: an adopted Ray application's spec has none)."""
+    wanted = {spec.revision_id: spec for spec in desired}
+    start = tuple(spec for rid, spec in wanted.items() if rid not in running)
+    update = tuple(spec for rid, spec in wanted.items() if rid in running and running[rid] != spec)
+    stop = tuple(sorted(rid for rid in running if rid not in wanted))
+    return Plan(start=start, update=update, stop=stop)
+
+
+async def act(runtime: RuntimeBackend, step: Plan) -> None:
+    """Carry a plan out: stops first (they free what the starts need), then updates and starts.
+    A request that fails is logged and the others still run; the next pass retries it."""
+    for revision_id in step.stop:
+        log.info("stopping the replicas of revision %s", revision_id)
+        await _attempt(runtime.stop_revision(revision_id), "stopping", revision_id)
+    for spec in step.update:
+        log.info("restarting the replicas of revision %s with its new spec", spec.revision_id)
+        await _attempt(runtime.start_revision(spec), "updating", spec.revision_id)
+    for spec in step.start:
+        log.info("starting %d replica(s) of revision %s", spec.replicas, spec.revision_id)
+        await _attempt(runtime.start_revision(spec), "starting", spec.revision_id)
+
+
+async def _attempt(request: Any, doing: str, revision_id: str) -> None:
+    try:
+        await request
+    except Exception:
+        log.exception("%s revision %s failed", doing, revision_id)
+
+
+# ----- the loop ----------------------------------------------------------------------------------
 
 
 class Reconciler:
@@ -101,21 +156,13 @@ class Reconciler:
                 await reporter
 
     async def reconcile_once(self) -> None:
+        """One pass: observe the target and the actual state, decide, act."""
         desired = await asyncio.to_thread(self._desired_specs)
-        step = plan(desired, set(self.runtime.revisions()))
-        for revision_id in step.stop:
-            log.info("stopping the replicas of revision %s", revision_id)
-            await self.runtime.stop_revision(revision_id)
-        for spec in step.start:
-            await self.runtime.start_revision(spec)
+        await act(self.runtime, plan(desired, self.runtime.running()))
 
     def _desired_specs(self) -> list[RevisionSpec]:
         with self.store.session_scope() as session:
-            revisions = session.scalars(
-                select(Revision).where(
-                    Revision.desired_replicas > 0, Revision.runtime.in_(self.targets)
-                )
-            ).all()
+            revisions = workloads_service.desired_revisions(session, runtimes=self.targets)
             return [revision_spec(r) for r in revisions]
 
     # ----- reporting -----------------------------------------------------------------------
@@ -143,50 +190,34 @@ class Reconciler:
         now = utcnow()
         with self.store.session_scope() as session:
             for revision_id, replicas in reports.items():
-                revision = session.get(Revision, revision_id)
-                if revision is None:
-                    continue
-                revision.replicas = [replica_report(r) for r in replicas]
-                revision.ready_replicas = sum(r.state.is_ready() for r in replicas)
-                revision.reported_at = now
-                self._record_health(session, revision, now)
+                health = workloads_service.record_replicas(
+                    session,
+                    revision_id=revision_id,
+                    replicas=[replica_report(r) for r in replicas],
+                    ready=sum(r.state.is_ready() for r in replicas),
+                    now=now,
+                )
+                if health is not None:
+                    self._record_health(session, health, now)
 
-    def _record_health(self, session: Session, revision: Revision, now: datetime) -> None:
-        """A live revision: Running with every replica ready, Degraded with fewer; its deployment
-        version LOST once none has been ready for `lost_after_s`, READY again on recovery."""
-        live = session.get(LiveRevision, revision.served_name)
-        if live is None or live.revision_id != revision.id:
+    def _record_health(self, session: Session, health: LiveHealth, now: datetime) -> None:
+        """The live revision's deployment version: LOST once none of its replicas has been
+        ready for `lost_after_s`, READY again as soon as one is."""
+        if health.ready >= health.wanted or health.ready > 0:
+            self._down_since.pop(health.revision_id, None)
+            deployments_service.record_recovered(session, revision_id=health.revision_id)
             return
-        if revision.phase not in (RevisionPhase.RUNNING, RevisionPhase.DEGRADED):
-            return
-        deployment = session.scalars(
-            select(Deployment).where(Deployment.revision_id == revision.id)
-        ).first()
-        ready, wanted = revision.ready_replicas, revision.desired_replicas
-        if ready >= wanted:
-            self._down_since.pop(revision.id, None)
-            set_phase(revision, RevisionPhase.RUNNING)
-            if deployment is not None and deployment.status == DeploymentStatus.LOST:
-                set_status(deployment, DeploymentStatus.READY, "Replicas are ready again")
-            return
-        reasons = "; ".join(sorted({r["message"] for r in revision.replicas if r["message"]}))
-        set_phase(
-            revision, RevisionPhase.DEGRADED, f"{ready} of {wanted} replicas ready: {reasons}"
-        )
-        if ready > 0:
-            self._down_since.pop(revision.id, None)
-            if deployment is not None and deployment.status == DeploymentStatus.LOST:
-                set_status(deployment, DeploymentStatus.READY, "Replicas are ready again")
-            return
-        down_since = self._down_since.setdefault(revision.id, now)
+        down_since = self._down_since.setdefault(health.revision_id, now)
         if (now - down_since).total_seconds() < self.lost_after_s:
-            self._recheck_later(revision.id)
-        elif deployment is not None:
-            set_status(
-                deployment,
-                DeploymentStatus.LOST,
-                f"Every replica of the live revision is down: {reasons or 'no replica ready'}",
-            )
+            self._recheck_later(health.revision_id)
+            return
+        deployments_service.record_status(
+            session,
+            revision_id=health.revision_id,
+            status=DeploymentStatus.LOST,
+            message="Every replica of the live revision is down: "
+            f"{health.reasons or 'no replica ready'}",
+        )
 
     def _recheck_later(self, revision_id: str) -> None:
         def recheck() -> None:

@@ -65,8 +65,12 @@ class RuntimeTargets(RuntimeBackend):
                 return backend.replicas(revision_id)
         return []
 
-    def revisions(self) -> list[str]:
-        return [rid for backend in self._backends.values() for rid in backend.revisions()]
+    def running(self) -> dict[str, RevisionSpec]:
+        return {
+            revision_id: spec
+            for backend in self._backends.values()
+            for revision_id, spec in backend.running().items()
+        }
 
     async def close(self) -> None:
         for backend in self._backends.values():

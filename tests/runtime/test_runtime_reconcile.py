@@ -1,0 +1,186 @@
+"""The reconciler: the difference between desired and running specs (pure), then one pass that
+acts on it against the fake backend, and the replica reports it writes back."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+from factories import FAKE_CONTENT_HASH, HashEngine, add_live_revision
+from helpers import async_test, wait_until
+
+from greenroom.runtime.base import RevisionSpec
+from greenroom.runtime.fake import FakeRuntime
+from greenroom.runtime.reconcile import Plan, Reconciler, plan, revision_spec
+from greenroom.signals import Signals
+from greenroom.store.db import Store
+from greenroom.workloads.models import Revision
+
+
+def spec(revision_id: str, **changes: object) -> RevisionSpec:
+    values: dict[str, object] = {
+        "revision_id": revision_id,
+        "model_path": Path("/models/fake"),
+        "content_hash": FAKE_CONTENT_HASH,
+        "secret": f"secret-of-{revision_id}",
+    }
+    values.update(changes)
+    return RevisionSpec(**values)  # type: ignore[arg-type]
+
+
+# ----- the difference ---------------------------------------------------------------------------
+
+
+def test_unchanged_specs_produce_nothing() -> None:
+    desired = [spec("a"), spec("b", replicas=2)]
+    step = plan(desired, {s.revision_id: s for s in desired})
+    assert step == Plan()
+    assert step.is_empty()
+
+
+def test_nothing_desired_and_nothing_running_is_an_empty_plan() -> None:
+    assert plan([], {}).is_empty()
+
+
+def test_a_missing_revision_is_started() -> None:
+    step = plan([spec("a"), spec("b")], {"a": spec("a")})
+    assert step == Plan(start=(spec("b"),))
+
+
+def test_a_changed_spec_is_updated_with_the_desired_one() -> None:
+    wanted = spec("a", replicas=3, threads=2)
+    step = plan([wanted], {"a": spec("a")})
+    assert step == Plan(update=(wanted,))
+    assert step.update[0].replicas == 3
+
+
+def test_an_extra_revision_is_stopped() -> None:
+    step = plan([spec("a")], {"a": spec("a"), "c": spec("c"), "b": spec("b")})
+    assert step == Plan(stop=("b", "c"))
+
+
+def test_the_secret_takes_no_part_in_the_difference() -> None:
+    """An adopted Ray application's spec comes back without its secret: nothing restarts."""
+    assert plan([spec("a")], {"a": replace(spec("a"), secret="")}).is_empty()
+
+
+def test_start_update_and_stop_in_one_plan() -> None:
+    running = {"same": spec("same"), "changed": spec("changed"), "gone": spec("gone")}
+    desired = [spec("same"), spec("changed", max_batch_size=8), spec("new")]
+    step = plan(desired, running)
+    assert step.start == (spec("new"),)
+    assert step.update == (spec("changed", max_batch_size=8),)
+    assert step.stop == ("gone",)
+
+
+def test_a_revision_row_becomes_its_spec() -> None:
+    revision = Revision(
+        id="r1",
+        model_path="/models/fake",
+        content_hash=FAKE_CONTENT_HASH,
+        engine="onnx",
+        config={"threads": 3, "max_batch_size": 16, "additional_envs": {"A": "1"}},
+        desired_replicas=2,
+        runtime="ray",
+        replica_secret="s" * 64,
+    )
+    made = revision_spec(revision)
+    assert made == spec(
+        "r1", threads=3, max_batch_size=16, environment={"A": "1"}, replicas=2, runtime="ray"
+    )
+    assert made.secret == "s" * 64
+
+
+# ----- one pass against the fake backend ------------------------------------------------------
+
+
+class RecordingRuntime(FakeRuntime):
+    """The fake backend, with a record of every request the reconciler makes of it."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda _: HashEngine())
+        self.requests: list[tuple[str, str]] = []
+        self._starting = False  # a start's own stop of the old spec is no request
+
+    async def start_revision(self, spec: RevisionSpec) -> None:
+        self.requests.append(("start", spec.revision_id))
+        self._starting = True
+        try:
+            await super().start_revision(spec)
+        finally:
+            self._starting = False
+
+    async def stop_revision(self, revision_id: str) -> None:
+        if not self._starting:
+            self.requests.append(("stop", revision_id))
+        await super().stop_revision(revision_id)
+
+
+def desire(store: Store, revision_id: str, *, replicas: int, **config: object) -> None:
+    with store.session_scope() as session:
+        revision = session.get(Revision, revision_id)
+        assert revision is not None
+        revision.desired_replicas = replicas
+        revision.config = {**revision.config, **config}
+
+
+def add_revision(store: Store) -> str:
+    with store.session_scope() as session:
+        revision = add_live_revision(session, embedding_model_id="tiny")
+        revision.desired_replicas = 1
+        revision.config = {"threads": 1}
+        return revision.id
+
+
+@async_test
+async def test_a_pass_starts_updates_and_stops_only_what_differs(sqlite_store: Store) -> None:
+    revision_id = add_revision(sqlite_store)
+    runtime = RecordingRuntime()
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="local")
+    try:
+        await reconciler.reconcile_once()
+        assert runtime.requests == [("start", revision_id)]
+        assert runtime.running()[revision_id].replicas == 1
+        await reconciler.reconcile_once()  # nothing changed: nothing asked of the backend
+        assert runtime.requests == [("start", revision_id)]
+
+        desire(sqlite_store, revision_id, replicas=2, max_batch_size=8)
+        await reconciler.reconcile_once()
+        assert runtime.requests[1:] == [("start", revision_id)]  # the update
+        assert runtime.running()[revision_id].max_batch_size == 8
+        assert len(runtime.replicas(revision_id)) == 2
+
+        await runtime.start_revision(spec("stray"))  # runs, but nobody wants it
+        runtime.requests.clear()
+        desire(sqlite_store, revision_id, replicas=0)
+        await reconciler.reconcile_once()
+        assert sorted(runtime.requests) == [("stop", revision_id), ("stop", "stray")]
+        assert runtime.running() == {}
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_the_loop_reports_ready_replicas_to_the_store(sqlite_store: Store) -> None:
+    revision_id = add_revision(sqlite_store)
+    runtime = RecordingRuntime()
+    loop = asyncio.create_task(Reconciler(sqlite_store, runtime, Signals(), target="local").run())
+
+    def reported() -> bool:
+        with sqlite_store.session_scope() as session:
+            revision = session.get(Revision, revision_id)
+            assert revision is not None
+            states = [r["state"] for r in revision.replicas]
+            return revision.ready_replicas == 1 and states == ["ready"]
+
+    try:
+        await wait_until(reported, what="the ready replica in the store")
+        with sqlite_store.session_scope() as session:
+            revision = session.get(Revision, revision_id)
+            assert revision is not None and revision.phase == "Running"
+            assert revision.reported_at is not None
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await runtime.close()
