@@ -1,4 +1,5 @@
-"""Every route of the app needs a token with its scope (api/auth.md), in its family's error shape.
+"""Every route of the app needs a token with its scope (docs/api/auth.md), in its family's error
+shape.
 
 The routes are enumerated from the app itself, so a route added later is covered without a
 change here: it answers 401 without a token and 403 with the strongest token that lacks its
@@ -35,7 +36,7 @@ WORKLOADS = "/api/v1/workloads/inferences"
 
 
 def contract_scope(method: str, path: str) -> Scope | None:
-    """api/auth.md: which scope a route needs."""
+    """docs/api/auth.md: which scope a route needs."""
     if path in OPEN_ROUTES:
         return None
     if path.startswith(("/v1/embeddings", "/v1/models")):

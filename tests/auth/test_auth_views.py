@@ -1,4 +1,5 @@
-"""The tokens API over HTTP (api/auth.md): admin only, the secret shown once, revocation at once."""
+"""The tokens API over HTTP (docs/api/auth.md): admin only, the secret shown once, revocation at
+once."""
 
 from __future__ import annotations
 

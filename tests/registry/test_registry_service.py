@@ -1,4 +1,5 @@
-"""The model registry service: the load check, register, read, update, delete."""
+"""The model registry service: the load check, reading, and the registry's own rows (the
+flows that also touch configs, revisions and tasks are in test_registry_flows.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from factories import add_embedding_model, add_live_revision, checked_model
+from factories import add_embedding_model, checked_model
 
-from greenroom.deployments import service as deployments_service
+from greenroom.deployments import configs as deployments_configs
 from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
 from greenroom.registry.store import PINS_DIR
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
 from greenroom.store.db import Store
-from greenroom.tasks.models import Task
 
 TIMEOUT_S = 120.0
 
@@ -117,32 +117,6 @@ def test_check_source_refuses_a_dimension_other_than_configured(
         registry_service.check_source(source=str(tiny_model_dir), options=options)
 
 
-def test_register(
-    store: Store, tiny_model_dir: Path, options: registry_service.CheckOptions
-) -> None:
-    model_in = EmbeddingModelCreate(id="tiny", source=str(tiny_model_dir), description="d")
-    with store.session_scope() as db_session:
-        model = registry_service.register(db_session, model_in=model_in, options=options)
-    with store.session_scope() as db_session:
-        stored = registry_service.get_or_raise(db_session, embedding_model_id="tiny")
-        config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
-    assert (stored.dimension, stored.description, stored.path) == (32, "d", model.path)
-    assert stored.path == str(options.store_dir / stored.content_hash)
-    assert stored.source == str(tiny_model_dir)
-    assert config is not None and config.model_revision == stored.content_hash
-    assert list((options.store_dir / PINS_DIR).iterdir()) == []  # unpinned at the commit
-
-
-def test_register_refuses_a_taken_id_before_checking(
-    store: Store, tmp_path: Path, options: registry_service.CheckOptions
-) -> None:
-    model_in = EmbeddingModelCreate(id="tiny", source=str(tmp_path / "not-checked"))
-    with store.session_scope() as db_session:
-        add_embedding_model(db_session, "tiny")
-        with pytest.raises(ConflictError, match="Embedding model 'tiny' already exists"):
-            registry_service.register(db_session, model_in=model_in, options=options)
-
-
 def test_create_refuses_an_id_registered_concurrently(store: Store) -> None:
     with store.session_scope() as db_session:
         add_embedding_model(db_session, "tiny")
@@ -172,26 +146,6 @@ def test_get_or_raise_an_unknown_model(store: Store) -> None:
         registry_service.get_or_raise(db_session, embedding_model_id="x")
 
 
-def test_update_source(
-    store: Store, tiny_model_2_dir: Path, options: registry_service.CheckOptions
-) -> None:
-    with store.session_scope() as db_session:
-        add_embedding_model(db_session, "tiny", description="kept")
-        model = registry_service.update_source(
-            db_session,
-            embedding_model_id="tiny",
-            model_in=EmbeddingModelUpdate(source=str(tiny_model_2_dir)),
-            options=options,
-        )
-        config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
-    assert model.content_hash == content_hash(tiny_model_2_dir)
-    assert model.path == str(options.store_dir / model.content_hash)
-    assert model.description == "kept"
-    assert model.source == str(tiny_model_2_dir)
-    assert config is not None
-    assert (config.entity_version, config.model_revision) == (2, model.content_hash)
-
-
 def test_update_of_an_unknown_model(store: Store) -> None:
     with store.session_scope() as db_session, pytest.raises(NotFoundError):
         registry_service.update(
@@ -202,42 +156,45 @@ def test_update_of_an_unknown_model(store: Store) -> None:
         )
 
 
-def test_delete_removes_the_model_and_its_configs(store: Store) -> None:
-    with store.session_scope() as db_session:
-        add_embedding_model(db_session, "tiny")
-    with store.session_scope() as db_session:
-        registry_service.delete(db_session, embedding_model_id="tiny")
-    with store.session_scope() as db_session:
-        assert registry_service.get(db_session, embedding_model_id="tiny") is None
-        assert not deployments_service.list_config_versions(
-            db_session, workspace="default", name="tiny"
-        )
-
-
-def test_delete_refuses_a_deployed_model(store: Store) -> None:
-    with store.session_scope() as db_session:
-        add_embedding_model(db_session, "tiny")
-        add_live_revision(db_session, embedding_model_id="tiny", served_name="team/search")
-        assert registry_service.is_deployed(db_session, embedding_model_id="tiny")
-        with pytest.raises(ConflictError, match="'tiny' is deployed"):
-            registry_service.delete(db_session, embedding_model_id="tiny")
-
-
-def test_delete_refuses_a_model_with_a_task_in_progress(store: Store) -> None:
-    with store.session_scope() as db_session:
-        add_embedding_model(db_session, "tiny")
-        db_session.add(Task(id="deploy-1", kind="deploy", embedding_model_id="tiny"))
-        db_session.flush()
-        with pytest.raises(ConflictError, match="'tiny' has a task in progress"):
-            registry_service.delete(db_session, embedding_model_id="tiny")
-
-
-def test_delete_of_an_unknown_model(store: Store) -> None:
-    with store.session_scope() as db_session, pytest.raises(NotFoundError):
-        registry_service.delete(db_session, embedding_model_id="x")
-
-
 def test_a_copied_model_keeps_its_hash(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Hashes name weights, not places: a copy reuses the ONNX export of the original."""
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
     assert content_hash(copy) == content_hash(tiny_model_dir)
+
+
+def test_refuse_registering_twice(store: Store) -> None:
+    with store.session_scope() as db_session:
+        registry_service.refuse_registering_twice(db_session, embedding_model_id="tiny")
+        add_embedding_model(db_session, "tiny")
+        with pytest.raises(ConflictError, match="Embedding model 'tiny' already exists"):
+            registry_service.refuse_registering_twice(db_session, embedding_model_id="tiny")
+
+
+def test_create_records_the_model_row_only(store: Store) -> None:
+    with store.session_scope() as db_session:
+        registry_service.create(
+            db_session,
+            model_in=EmbeddingModelCreate(id="tiny", source="/models/fake"),
+            checked=checked_model(),
+        )
+    with store.session_scope() as db_session:
+        assert registry_service.get_or_raise(db_session, embedding_model_id="tiny").dimension == 32
+        assert not deployments_configs.list_config_versions(
+            db_session, workspace="default", name="tiny"
+        )
+
+
+def test_delete_removes_the_row_and_refuses_an_unknown_model(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "tiny")
+    with store.session_scope() as db_session:
+        registry_service.delete(db_session, embedding_model_id="tiny")
+        assert registry_service.get(db_session, embedding_model_id="tiny") is None
+        with pytest.raises(NotFoundError):
+            registry_service.delete(db_session, embedding_model_id="tiny")
+
+
+def test_stored_references_name_each_model_hash_and_path(store: Store) -> None:
+    with store.session_scope() as db_session:
+        add_embedding_model(db_session, "a", path=Path("/data/models/aa"), content_hash="aa")
+        assert registry_service.stored_references(db_session) == {"aa", "/data/models/aa"}

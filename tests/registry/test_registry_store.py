@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from factories import add_embedding_model, add_live_revision
 
+from greenroom.registry.flows import collect_unreferenced
 from greenroom.registry.store import (
     MAX_JSON_BYTES,
     PINS_DIR,
     STALE_S,
-    collect_unreferenced,
     copy_model,
     ensure_store,
     list_model_files,

@@ -10,7 +10,7 @@ from factories import add_embedding_model, add_live_revision, api_app
 from fastapi.testclient import TestClient
 
 from greenroom.config import Settings
-from greenroom.deployments import service as deployments_service
+from greenroom.deployments import configs as deployments_configs
 from greenroom.registry import views as registry_views
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
 from greenroom.store.db import Store
@@ -60,7 +60,7 @@ def test_register_read_update_and_delete_a_model(
     assert model["allow_dimensions"] is False
     assert model["created_at"].endswith("Z")
     with store.session_scope() as db_session:
-        config = deployments_service.get_latest_config(db_session, workspace="default", name="tiny")
+        config = deployments_configs.get_latest_config(db_session, workspace="default", name="tiny")
         assert config is not None and config.model_revision == model["content_hash"]
 
     assert client.get(f"{BASE}/tiny").json() == model

@@ -32,7 +32,7 @@ from greenroom.app import create_app
 from greenroom.config import Settings
 from greenroom.errors import InvalidRequestError
 from greenroom.runtime.fake import FakeRuntime
-from greenroom.runtime.ray import private_temp_dir
+from greenroom.runtime.ray_cluster import private_temp_dir
 
 TASKS = "/internal/inference-deployment"
 MODEL = "tiny"

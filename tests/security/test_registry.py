@@ -30,7 +30,8 @@ from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 from greenroom.app import create_app
 from greenroom.config import Settings
 from greenroom.registry import service as registry_service
-from greenroom.registry.store import PINS_DIR, collect_unreferenced
+from greenroom.registry.flows import collect_unreferenced
+from greenroom.registry.store import PINS_DIR
 from greenroom.registry.weights import UNUSABLE_SOURCE, content_hash
 from greenroom.store.db import Store
 from greenroom.workloads.models import LiveRevision, Revision

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from factories import HashEngine
-from helpers import async_test
+from helpers import async_test, wait_until
 
 from greenroom.config import Settings
 from greenroom.errors import (
@@ -54,34 +56,53 @@ class Harness:
     model_dir: Path
 
     async def serve(
-        self, revision_id: str, *, replicas: int = 1, name: str = "m", **kwargs: object
+        self,
+        revision_id: str,
+        *,
+        replicas: int = 1,
+        name: str = "m",
+        model_dir: Path | None = None,
+        **kwargs: object,
     ) -> ServedRevision:
+        revision = await self.prepare(
+            revision_id, replicas=replicas, name=name, model_dir=model_dir, **kwargs
+        )
+        self.router.set_live(name, revision_id)
+        return revision
+
+    async def prepare(
+        self,
+        revision_id: str,
+        *,
+        replicas: int = 1,
+        name: str = "m",
+        model_dir: Path | None = None,
+        **kwargs: object,
+    ) -> ServedRevision:
+        """Start a revision's replicas and add it to the router, without making it live."""
+        model_dir = model_dir or self.model_dir
         revision = ServedRevision(
             revision_id=revision_id,
             served_name=name,
             embedding_model_id=name,
             content_hash="ab" * 32,
-            info=inspect_model(self.model_dir),
+            info=inspect_model(model_dir),
             **kwargs,  # type: ignore[arg-type]
         )
         spec = RevisionSpec(
             revision_id=revision_id,
-            model_path=self.model_dir,
+            model_path=model_dir,
             content_hash="ab" * 32,
             replicas=replicas,
         )
         await self.runtime.start_revision(spec)
         await wait_for(lambda: len(self.runtime.ready_replicas(revision_id)) == replicas)
         self.router.add_revision(revision)
-        self.router.set_live(name, revision_id)
         return revision
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+async def wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
+    await wait_until(predicate, what="the router to get there")
 
 
 @asynccontextmanager
@@ -298,3 +319,112 @@ async def test_a_long_string_is_cut_yet_embeds_as_the_whole_string(tiny_model_di
         assert result.prompt_tokens == len(full_ids) + len(
             h.router.live("m").tokenizer.encode("short").ids
         )
+
+
+# ----- a missed switch: requests that reach a withdrawn revision go to the live one -------------
+
+
+@pytest.fixture
+def other_tokenizer_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model with another tokenizer (it keeps case): its token ids mean other text."""
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "cased"))
+    tokenizer_file = model_dir / "tokenizer.json"
+    config = json.loads(tokenizer_file.read_text())
+    config["normalizer"]["lowercase"] = False
+    tokenizer_file.write_text(json.dumps(config))
+    return model_dir
+
+
+def switch_on_ask(h: Harness, name: str, revision_id: str) -> list[str]:
+    """A live source that finds `revision_id` live for `name` (what the store says after a
+    switch the router missed); records each time the router asks."""
+    asked: list[str] = []
+
+    async def live_source() -> None:
+        asked.append(name)
+        h.router.set_live(name, revision_id)
+
+    h.router.on_missed_switch(live_source)
+    return asked
+
+
+def green_vector(ids: list[int]) -> np.ndarray:
+    return HashEngine().expected(ids) + 1.0  # offsets: blue 0, green 1
+
+
+@async_test
+async def test_a_batch_on_a_revision_that_stops_is_sent_to_the_live_one(
+    tiny_model_dir: Path,
+) -> None:
+    async with harness(tiny_model_dir, replica_wait_s=60) as h:
+        await h.serve("blue")
+        await h.prepare("green")  # the store made green live; this router has not followed
+        asked = switch_on_ask(h, "m", "green")
+        h.gate.clear()
+        during = asyncio.create_task(h.router.embed("m", ["sent while blue stops"]))
+        await asyncio.to_thread(h.engines["blue"][0].entered.wait, 10)
+        await h.runtime.stop_revision("blue")
+        h.gate.set()
+        after = await h.router.embed("m", ["sent after blue stopped"])
+        result = await during
+        tokenizer = h.router.live("m").tokenizer
+        for embedded, text in (
+            (result, "sent while blue stops"),
+            (after, "sent after blue stopped"),
+        ):
+            np.testing.assert_allclose(
+                embedded.vectors[0], green_vector(tokenizer.encode(text).ids), rtol=1e-5
+            )
+        assert asked and h.router.live("m").revision_id == "green"
+
+
+@async_test
+async def test_a_request_to_a_revision_without_replicas_asks_and_goes_to_the_live_one(
+    tiny_model_dir: Path,
+) -> None:
+    async with harness(tiny_model_dir) as h:
+        await h.serve("blue")
+        await h.prepare("green")
+        await h.runtime.stop_revision("blue")
+        await wait_for(lambda: not h.router.live("m").workers)  # blue has no replica left
+        asked = switch_on_ask(h, "m", "green")
+        result = await h.router.embed("m", [[5, 6, 7]])  # token ids: green has blue's tokenizer
+        np.testing.assert_allclose(result.vectors[0], green_vector([5, 6, 7]), rtol=1e-5)
+        assert asked == ["m"]
+
+
+@async_test
+async def test_token_ids_are_never_replayed_into_another_tokenizer(
+    tiny_model_dir: Path, other_tokenizer_dir: Path
+) -> None:
+    async with harness(tiny_model_dir) as h:
+        await h.serve("blue")
+        await h.prepare("green", model_dir=other_tokenizer_dir)
+        await h.runtime.stop_revision("blue")
+        await wait_for(lambda: not h.router.live("m").workers)  # blue has no replica left
+        switch_on_ask(h, "m", "green")
+        with pytest.raises(ServiceUnavailableError, match="another tokenizer") as info:
+            await h.router.embed("m", [[5, 6, 7]])
+        assert "Tokenise the input again (or send the text) and retry" in info.value.message
+        assert h.engines["green"][0].batches == []
+        # text is tokenised again, by green's tokenizer
+        result = await h.router.embed("m", ["Text Keeps Its Case"])
+        ids = h.router.live("m").tokenizer.encode("Text Keeps Its Case").ids
+        np.testing.assert_allclose(result.vectors[0], green_vector(ids), rtol=1e-5)
+
+
+@async_test
+async def test_with_no_other_live_revision_the_503_stands(tiny_model_dir: Path) -> None:
+    async with harness(tiny_model_dir) as h:
+        await h.serve("r1")
+        await h.runtime.stop_revision("r1")
+        await wait_for(lambda: not h.router.live("m").workers)  # r1 has no replica left
+        asked: list[str] = []
+
+        async def live_source() -> None:
+            asked.append("m")  # the store still names r1
+
+        h.router.on_missed_switch(live_source)
+        with pytest.raises(ServiceUnavailableError, match="No ready replica"):
+            await h.router.embed("m", ["x"])
+        assert asked == ["m"]

@@ -1,4 +1,4 @@
-"""The ASGI middleware that records every control-plane write (api/auth.md, audit).
+"""The ASGI middleware that records every control-plane write (docs/api/auth.md, audit).
 
 A write is any request but GET and HEAD, outside `/v1/embeddings` (the data plane). It is
 recorded once the app has answered it, refused ones included (401, 403, 413, 422, ...): who

@@ -1,4 +1,4 @@
-"""What the audit API returns (`GET /v1/audit`, api/auth.md), and what a recorded write is."""
+"""What the audit API returns (`GET /v1/audit`, docs/api/auth.md), and what a recorded write is."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from greenroom.deployments.schemas import Pagination, UtcDateTime
+from greenroom.schemas import Pagination, UtcDateTime
 
 MAX_PATH_CHARS = 1024  # of a recorded path (and action); longer ones are cut
 MAX_ID_CHARS = 255  # of each recorded path parameter

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from greenroom.audit.models import AuditEvent
 from greenroom.audit.schemas import AuditEntry
-from greenroom.deployments.service import Page
+from greenroom.pagination import Page
 from greenroom.store.db import Store
 
 log = logging.getLogger("greenroom.audit")

@@ -1,4 +1,4 @@
-"""`/v1/audit`: the control plane's writes, newest first (admin only; api/auth.md)."""
+"""`/v1/audit`: the control plane's writes, newest first (admin only; docs/api/auth.md)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 
 from greenroom.audit import service as audit_service
 from greenroom.audit.schemas import AuditEventRead, AuditPage
-from greenroom.deployments.schemas import Pagination
 from greenroom.deps import DbSession
+from greenroom.schemas import Pagination
 
 api_router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

@@ -1,1 +1,1 @@
-"""Tokens, scopes and the principal of a request (api/auth.md)."""
+"""Tokens, scopes and the principal of a request (docs/api/auth.md)."""

@@ -26,7 +26,7 @@ MISSING_TOKEN = "A token is required: send `Authorization: Bearer <token>`."
 INVALID_TOKEN = "The token is unknown or revoked."
 
 # Documents the scheme in the OpenAPI schema (`/docs`); the middleware reads the header itself.
-bearer = HTTPBearer(auto_error=False, description="A greenroom token (api/auth.md).")
+bearer = HTTPBearer(auto_error=False, description="A greenroom token (docs/api/auth.md).")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 

@@ -1,4 +1,4 @@
-"""What the tokens API accepts and returns (`/v1/tokens`, api/auth.md)."""
+"""What the tokens API accepts and returns (`/v1/tokens`, docs/api/auth.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from greenroom.auth.scopes import Scope
-from greenroom.deployments.schemas import UtcDateTime
+from greenroom.schemas import UtcDateTime
 
 # no control characters: names appear in logs, tables and the audit log
 TokenName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]

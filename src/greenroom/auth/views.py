@@ -1,4 +1,4 @@
-"""`/v1/tokens`: create, list and revoke tokens (admin only; api/auth.md)."""
+"""`/v1/tokens`: create, list and revoke tokens (admin only; docs/api/auth.md)."""
 
 from __future__ import annotations
 

@@ -26,12 +26,15 @@ import numpy as np
 
 from greenroom.errors import ModelSourceError
 from greenroom.registry.store import copy_model, list_model_files, publish
-from greenroom.registry.weights import UnusableSourceError
+from greenroom.registry.weights import (
+    EXIT_NOT_STORED,
+    EXIT_REFUSED,
+    EXIT_UNUSABLE,
+    UnusableSourceError,
+)
 from greenroom.runtime.engines import EngineOptions, load_engine
 
-EXIT_UNUSABLE = 2
-EXIT_NOT_STORED = 3
-EXIT_REFUSED = 4
+__all__ = ["EXIT_NOT_STORED", "EXIT_REFUSED", "EXIT_UNUSABLE", "check", "main"]
 
 
 class LoadCheckError(Exception):

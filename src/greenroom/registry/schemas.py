@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from greenroom.deployments.schemas import NAME_PATTERN, Description, UtcDateTime
+from greenroom.schemas import NAME_PATTERN, Description, UtcDateTime
 
 EmbeddingModelId = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
 Source = Annotated[

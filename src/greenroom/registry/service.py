@@ -9,6 +9,11 @@ first deploy) and stores it as `<data dir>/models/<content hash>`: the path the 
 what is served is what was hashed. Whatever makes a source unusable, the client reads one neutral
 sentence (`UNUSABLE_SOURCE`) and the server log the reason. `check_source` and the functions
 calling it block for that long: call them from a thread (sync views do).
+
+This module touches the registry's own rows only. What also involves other domains (a model's
+default deployment config, refusing to delete a deployed model, the revisions that keep stored
+weights) is in `greenroom.registry.flows`, which registration, re-pointing and deletion go
+through.
 """
 
 from __future__ import annotations
@@ -30,15 +35,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
-from greenroom.deployments import service as deployments_service
-from greenroom.deployments.service import DEFAULT_WORKSPACE
 from greenroom.errors import (
     ConflictError,
     ModelSourceError,
     NotFoundError,
     ServiceUnavailableError,
 )
-from greenroom.registry import check as load_check
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.schemas import EmbeddingModelCreate, EmbeddingModelUpdate
 from greenroom.registry.store import (
@@ -48,12 +50,15 @@ from greenroom.registry.store import (
     pin_path,
     store_dir,
     unpin,
-    unpin_when_done,
 )
-from greenroom.registry.weights import UnusableSourceError, inspect_model, resolve_source
-from greenroom.tasks.models import Task
-from greenroom.tasks.states import TERMINAL_TASK_STATUSES
-from greenroom.workloads.models import LiveRevision, Revision
+from greenroom.registry.weights import (
+    EXIT_NOT_STORED,
+    EXIT_REFUSED,
+    EXIT_UNUSABLE,
+    UnusableSourceError,
+    inspect_model,
+    resolve_source,
+)
 
 log = logging.getLogger("greenroom.registry")
 DOES_NOT_LOAD = (
@@ -130,28 +135,10 @@ def get_all(db_session: Session) -> list[EmbeddingModel]:
     return list(db_session.scalars(select(EmbeddingModel).order_by(EmbeddingModel.id)))
 
 
-def is_deployed(db_session: Session, *, embedding_model_id: str) -> bool:
-    """Whether a live revision of any served name runs this model."""
-    live = db_session.scalars(
-        select(LiveRevision.served_name)
-        .join(Revision, Revision.id == LiveRevision.revision_id)
-        .where(Revision.embedding_model_id == embedding_model_id)
-        .limit(1)
-    ).first()
-    return live is not None
-
-
-def has_unfinished_task(db_session: Session, *, embedding_model_id: str) -> bool:
-    """Whether a task of this model (served name in workspace `default`) is pending or running."""
-    task = db_session.scalars(
-        select(Task.id)
-        .where(
-            Task.embedding_model_id == embedding_model_id,
-            Task.status.not_in([status.value for status in TERMINAL_TASK_STATUSES]),
-        )
-        .limit(1)
-    ).first()
-    return task is not None
+def stored_references(db_session: Session) -> set[str]:
+    """The content hash and stored path of every registered model (its weights stay stored)."""
+    rows = db_session.execute(select(EmbeddingModel.content_hash, EmbeddingModel.path)).all()
+    return {value for row in rows for value in row if value}
 
 
 # ----- the load check ----------------------------------------------------------------------------
@@ -196,13 +183,13 @@ def run_load_check(*, source: str, path: Path, options: CheckOptions) -> LoadRep
     finally:
         shutil.rmtree(incoming, ignore_errors=True)  # stored (renamed) or left by a failure
     reason = (stderr.strip().splitlines() or ["the load check exited without a reason"])[-1]
-    if returncode == load_check.EXIT_UNUSABLE:
+    if returncode == EXIT_UNUSABLE:
         raise _unusable(source, UnusableSourceError(reason))
-    if returncode == load_check.EXIT_REFUSED:
+    if returncode == EXIT_REFUSED:
         raise ModelSourceError(reason)
     if returncode != 0:
         log.warning("model source %.300r: the load check failed: %s", source, reason)
-        if returncode == load_check.EXIT_NOT_STORED:
+        if returncode == EXIT_NOT_STORED:
             raise ServiceUnavailableError(NOT_STORED)
         raise ModelSourceError(DOES_NOT_LOAD)
     return _parse_report(stdout, options.store_dir, incoming.name)
@@ -277,26 +264,19 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.communicate()
 
 
-# ----- writing -----------------------------------------------------------------------------------
+# ----- writing (the registry's rows only: greenroom.registry.flows adds the rest) --------------
 
 
-def register(
-    db_session: Session, *, model_in: EmbeddingModelCreate, options: CheckOptions
-) -> EmbeddingModel:
-    """Check the source (blocks up to `options.timeout_s`), then record the model and its
-    config."""
-    if get(db_session, embedding_model_id=model_in.id) is not None:
-        raise _exists(model_in.id)
-    checked = check_source(source=model_in.source, options=options)
-    unpin_when_done(db_session, checked.pin)
-    return create(db_session, model_in=model_in, checked=checked)
+def refuse_registering_twice(db_session: Session, *, embedding_model_id: str) -> None:
+    """409 when a model of this id is registered already."""
+    if get(db_session, embedding_model_id=embedding_model_id) is not None:
+        raise _exists(embedding_model_id)
 
 
 def create(
     db_session: Session, *, model_in: EmbeddingModelCreate, checked: CheckedModel
 ) -> EmbeddingModel:
-    """Record a checked model and its default config `default/<model id>` (version 1, the
-    ExecutorConfig defaults, `threads` left to the machine that runs it)."""
+    """Record a checked model (409 when its id is taken, also concurrently)."""
     model = EmbeddingModel(
         id=model_in.id,
         source=model_in.source,
@@ -309,27 +289,7 @@ def create(
         db_session.flush()
     except IntegrityError as exc:  # registered concurrently
         raise _exists(model_in.id) from exc
-    deployments_service.create_config(
-        db_session, workspace=DEFAULT_WORKSPACE, name=model.id, model_name=model.id
-    )
     return model
-
-
-def update_source(
-    db_session: Session,
-    *,
-    embedding_model_id: str,
-    model_in: EmbeddingModelUpdate,
-    options: CheckOptions,
-) -> EmbeddingModel:
-    """Check the new source (blocks up to `options.timeout_s`), then point the model at it.
-    The stored copy of the old source stays while a revision names it (collect_unreferenced)."""
-    get_or_raise(db_session, embedding_model_id=embedding_model_id)
-    checked = check_source(source=model_in.source, options=options)
-    unpin_when_done(db_session, checked.pin)
-    return update(
-        db_session, embedding_model_id=embedding_model_id, model_in=model_in, checked=checked
-    )
 
 
 def update(
@@ -339,8 +299,7 @@ def update(
     model_in: EmbeddingModelUpdate,
     checked: CheckedModel,
 ) -> EmbeddingModel:
-    """New weights for the same id. Configs of the model get a new version naming the new
-    content hash, so the next deploy rolls the weights out; what runs now is untouched."""
+    """Record new weights (and the fields given) for the same id."""
     model = get_or_raise(db_session, embedding_model_id=embedding_model_id)
     model.source = model_in.source
     if "description" in model_in.model_fields_set:
@@ -349,25 +308,12 @@ def update(
         model.allow_dimensions = model_in.allow_dimensions
     _record_check(model, checked)
     db_session.flush()
-    deployments_service.refresh_model_revision(
-        db_session, model_name=model.id, content_hash=checked.content_hash
-    )
     return model
 
 
 def delete(db_session: Session, *, embedding_model_id: str) -> None:
-    """Delete a model and its configs; refused (409) while it is deployed or a task of it runs."""
+    """Delete the model's row (404 when there is none)."""
     model = get_or_raise(db_session, embedding_model_id=embedding_model_id)
-    if is_deployed(db_session, embedding_model_id=embedding_model_id):
-        raise ConflictError(
-            f"Embedding model '{embedding_model_id}' is deployed; delete its deployment first"
-        )
-    if has_unfinished_task(db_session, embedding_model_id=embedding_model_id):
-        raise ConflictError(
-            f"Embedding model '{embedding_model_id}' has a task in progress; "
-            "wait for it to end or cancel it"
-        )
-    deployments_service.delete_configs_of_model(db_session, model_name=embedding_model_id)
     db_session.delete(model)
     db_session.flush()
 

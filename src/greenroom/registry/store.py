@@ -8,8 +8,11 @@ without following links and counts the bytes it really reads. Files are 0600, fo
 
 A stored model is written to `.incoming-*` and renamed to its hash once verified. It stays while a
 model row or any revision row (a retired revision may be restarted by a rollback) names its hash;
-`collect_unreferenced` removes the others. A registration pins the hash it stored (`.pins/`) until
-its transaction ends, so that a collection running meanwhile keeps it; both take `.lock`.
+`remove_unreferenced` removes the others (`greenroom.registry.flows.collect_unreferenced` tells it
+which rows name what). A registration pins the hash it stored (`.pins/`) until its transaction
+ends, so that a collection running meanwhile keeps it; both take `.lock`.
+
+Files and folders only: this module reads no table.
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import UnusableSourceError, content_hash
-from greenroom.store.db import Store, ensure_private_dir
-from greenroom.workloads.models import Revision
+from greenroom.store.db import ensure_private_dir
 
 log = logging.getLogger("greenroom.registry.store")
 
@@ -289,17 +290,17 @@ def _pinned(root: Path) -> set[str]:
 # ----- collecting what nothing references ----------------------------------------------------
 
 
-def collect_unreferenced(store: Store, data_dir: Path) -> list[str]:
-    """Remove the stored models that no model row or revision row names, and leftovers of
-    registrations and collections that died; the hashes removed."""
+def remove_unreferenced(data_dir: Path, *, referenced: Callable[[], Iterable[str]]) -> list[str]:
+    """Remove the stored models whose hash `referenced()` does not name (it is read under the
+    store's lock, after the pins), and leftovers of registrations and collections that died;
+    the hashes removed. A stored path names its hash by its last part."""
     root = store_dir(data_dir)
     if not root.is_dir():
         return []
     removed: list[str] = []
     with _locked(root, exclusive=True):
         pinned = _pinned(root)
-        with store.session_scope() as session:
-            referenced = referenced_hashes(session)
+        kept = pinned | hash_names(referenced())
         with os.scandir(root) as entries:
             for entry in entries:
                 name = entry.name
@@ -307,7 +308,7 @@ def collect_unreferenced(store: Store, data_dir: Path) -> list[str]:
                     name.startswith(INCOMING_PREFIX) and _age_s(entry) > STALE_S
                 ):
                     shutil.rmtree(entry.path, ignore_errors=True)
-                elif _HASH_NAME.fullmatch(name) and name not in pinned | referenced:
+                elif _HASH_NAME.fullmatch(name) and name not in kept:
                     _remove(root, name)
                     removed.append(name)
     if removed:
@@ -315,33 +316,13 @@ def collect_unreferenced(store: Store, data_dir: Path) -> list[str]:
     return sorted(removed)
 
 
-def referenced_hashes(session: Session) -> set[str]:
-    """Every content hash a model or revision names (by its hash, and by its path's last part,
-    so that a row is honoured even when the data dir was reached by another path)."""
-    referenced: set[str] = set()
-    for column in (
-        EmbeddingModel.content_hash,
-        EmbeddingModel.path,
-        Revision.content_hash,
-        Revision.model_path,
-    ):
-        for value in session.scalars(select(column).distinct()):
-            referenced.update({value, os.path.basename(os.path.normpath(value))})
-    return referenced
-
-
-def collect_after_commit(db_session: Session, store: Store, data_dir: Path) -> None:
-    """Collect once the session commits (a delete or re-point is then visible to the query)."""
-    event.listen(db_session, "after_commit", lambda _: collect_quietly(store, data_dir), once=True)
-
-
-def collect_quietly(store: Store, data_dir: Path) -> None:
-    """`collect_unreferenced`, logging instead of raising: a failed collection is retried by the
-    next one and must not fail what triggered it."""
-    try:
-        collect_unreferenced(store, data_dir)
-    except Exception:
-        log.exception("collecting the model store in %s failed", store_dir(data_dir))
+def hash_names(values: Iterable[str]) -> set[str]:
+    """Each value (a content hash or a stored path) and its path's last part, so that a row is
+    honoured even when the data dir was reached by another path."""
+    names: set[str] = set()
+    for value in values:
+        names.update({value, os.path.basename(os.path.normpath(value))})
+    return names
 
 
 def _remove(root: Path, name: str) -> None:

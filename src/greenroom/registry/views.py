@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
 from greenroom.deps import DbSession, get_store
+from greenroom.registry import flows as registry_flows
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import (
     EmbeddingModelCreate,
     EmbeddingModelRead,
     EmbeddingModelUpdate,
 )
-from greenroom.registry.store import collect_after_commit
 
 api_router = APIRouter(prefix="/v1/embedding-models", tags=["embedding models"])
 
@@ -39,7 +39,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {409: {}}
 def register_model(
     model_in: EmbeddingModelCreate, db_session: DbSession, request: Request
 ) -> EmbeddingModelRead:
-    model = registry_service.register(
+    model = registry_flows.register(
         db_session, model_in=model_in, options=registry_service.CheckOptions.of(_settings(request))
     )
     return EmbeddingModelRead.model_validate(model)
@@ -60,7 +60,7 @@ def get_model(embedding_model_id: str, db_session: DbSession) -> EmbeddingModelR
 def update_model(
     embedding_model_id: str, model_in: EmbeddingModelUpdate, db_session: DbSession, request: Request
 ) -> EmbeddingModelRead:
-    model = registry_service.update_source(
+    model = registry_flows.update_source(
         db_session,
         embedding_model_id=embedding_model_id,
         model_in=model_in,
@@ -74,13 +74,15 @@ def update_model(
     "/{embedding_model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CONFLICT
 )
 def delete_model(embedding_model_id: str, db_session: DbSession, request: Request) -> Response:
-    registry_service.delete(db_session, embedding_model_id=embedding_model_id)
+    registry_flows.delete(db_session, embedding_model_id=embedding_model_id)
     _collect_after_commit(request, db_session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _collect_after_commit(request: Request, db_session: Session) -> None:
-    collect_after_commit(db_session, get_store(request), _settings(request).resolved_data_dir())
+    registry_flows.collect_after_commit(
+        db_session, get_store(request), _settings(request).resolved_data_dir()
+    )
 
 
 def _settings(request: Request) -> Settings:

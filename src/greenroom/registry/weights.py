@@ -42,6 +42,11 @@ UNUSABLE_SOURCE = (
     "directory (config.json, tokenizer.json and weights, within the server's size and file-count "
     "bounds, with no links leaving it) or `package:<name>` of an installed package that ships one."
 )
+# How the load check child (`python -m greenroom.registry.check`) exits when it does not store a
+# model; the registry service reads them without importing the child (which loads an engine).
+EXIT_UNUSABLE = 2  # the source is not a usable model directory
+EXIT_NOT_STORED = 3  # the model store could not take the copy
+EXIT_REFUSED = 4  # the model's configuration is not supported (the reason is for the client)
 
 
 class UnusableSourceError(ModelSourceError):

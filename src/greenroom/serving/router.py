@@ -5,15 +5,27 @@ pulls the next batch whenever its replica is free, so a request goes at once to 
 and requests that arrive while every replica is busy are packed into the next batches.
 `set_live` swaps the served name's pointer in one assignment: requests that arrive after it go to
 the new revision, while the old revision's queued and in-flight batches finish where they are.
+
+**A missed switch loses no request.** A router may still send a name's requests to a revision
+that was withdrawn (its sync missed the switch, or had not run yet, when the revision's replicas
+stopped). A request that gets a 503 there (no ready replica left, its replica gone mid-batch, the
+revision dropped) asks the router's live source (`on_missed_switch`: one pass of its sync, which
+re-reads the live pointers from the store) and, when the name has moved to another revision, is
+sent again, whole, to that one: embeddings are idempotent, and all of a request's vectors come
+from one revision. Strings are tokenised again by the new revision's tokenizer; token ids are
+never replayed into a revision with another tokenizer: such a request gets the 503. Items queued
+on a revision that loses its last replica trigger that pass at once, instead of waiting out
+`replica_wait_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +51,8 @@ log = logging.getLogger("greenroom.router")
 # call releases the GIL); smaller ones cost less than the hop (a few milliseconds at most).
 INLINE_TOKENIZE_MAX_CHARS = 2048
 MAX_ATTEMPTS = 2  # a batch whose replica died is retried once on another replica
+LiveSource = Callable[[], Awaitable[None]]
+"""Brings the router's live pointers up to date with the store (`RouterSync.refresh`)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class RevisionRoute:
     revision: ServedRevision
     tokenizer: Tokenizer
     queue: BatchQueue
+    tokenizer_key: str = ""  # the tokenizer file's digest: equal keys, the same token ids
     cut: CutRule | None = None  # where long strings may be cut (serving.tokenizing)
     workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     broken: set[tuple[str, int]] = field(default_factory=set)  # endpoints that failed us
@@ -97,6 +112,7 @@ class Router:
         self._routes: dict[str, RevisionRoute] = {}  # by revision id
         self._live: dict[str, RevisionRoute] = {}  # by served name
         self._drained_listeners: list[Callable[[str], None]] = []
+        self._live_source: LiveSource | None = None
         replicas.subscribe(self._on_replicas_change)
 
     # ----- the live-revision pointer -------------------------------------------------------
@@ -108,6 +124,7 @@ class Router:
         self._routes[revision.revision_id] = RevisionRoute(
             revision=revision,
             tokenizer=tokenizer,
+            tokenizer_key=hashlib.sha256(revision.info.tokenizer_file.read_bytes()).hexdigest(),
             queue=BatchQueue(
                 max_batch_size=revision.max_batch_size,
                 max_batch_tokens=revision.max_batch_tokens,
@@ -122,7 +139,10 @@ class Router:
         """Make the revision live for the served name: one assignment, atomic for requests."""
         route = self._routes[revision_id]
         route.live_since = time.time()
+        previous = self._live.get(served_name)
         self._live[served_name] = route
+        if previous is not None and previous is not route and not previous.workers:
+            self._fail_withdrawn(previous)  # nothing will serve its queue: retried on this one
 
     def remove(self, served_name: str) -> None:
         """Stop serving the name: later requests for it get 404."""
@@ -134,13 +154,18 @@ class Router:
     def live_routes(self) -> dict[str, RevisionRoute]:
         return dict(self._live)
 
+    def on_missed_switch(self, live_source: LiveSource) -> None:
+        """Call `live_source()` when a request reaches a revision that cannot serve it: the
+        name may have moved to another revision without this router hearing of it yet."""
+        self._live_source = live_source
+
     def on_drained(self, listener: Callable[[str], None]) -> None:
         """Call `listener(revision_id)` when a revision that is not live has nothing in flight."""
         self._drained_listeners.append(listener)
 
     def _batch_done(self, route: RevisionRoute) -> None:
         route.batches_in_flight -= 1
-        if route.in_flight() == 0 and route not in self._live.values():
+        if route.in_flight() == 0 and not self._serves(route):
             for listener in self._drained_listeners:
                 listener(route.revision_id)
 
@@ -179,10 +204,38 @@ class Router:
         principal: str = "",
     ) -> EmbeddingResult:
         """Embed the inputs for `principal` (the token's id), who shares batches and the queue
-        with the other principals (`BatchQueue`)."""
+        with the other principals (`BatchQueue`); a request that reaches a withdrawn revision
+        is sent again to the live one (module docstring)."""
         route = self._live.get(served_name)
         if route is None:
             raise ModelNotFoundError(f"The model '{served_name}' does not exist.")
+        tried = {route.revision_id}
+        while True:
+            try:
+                return await self._embed_on(route, served_name, inputs, dimensions, principal)
+            except ServiceUnavailableError:
+                live = await self._moved_from(route, served_name)
+                if live is None or live.revision_id in tried:
+                    raise
+            self._require_same_tokenizer(route, live, served_name, inputs)
+            log.info(
+                "'%s': %s could not serve a request; sending it to the live %s",
+                served_name,
+                route.revision_id,
+                live.revision_id,
+            )
+            tried.add(live.revision_id)
+            route = live
+
+    async def _embed_on(
+        self,
+        route: RevisionRoute,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+        dimensions: int | None,
+        principal: str,
+    ) -> EmbeddingResult:
+        """Embed the inputs with one revision; 503 when it cannot serve them."""
         revision = route.revision
         self._check_dimensions(revision, dimensions)
         token_ids = await self._tokenize(route, inputs)
@@ -207,6 +260,52 @@ class Router:
             prompt_tokens=sum(len(ids) for ids in token_ids),
             embedding_space=revision.embedding_space(dimensions),
         )
+
+    async def _moved_from(self, route: RevisionRoute, served_name: str) -> RevisionRoute | None:
+        """The revision now live for the name when it is not `route` (asking the live source
+        first, unless the router already moved the name); None otherwise."""
+        if self._live.get(served_name) is route:
+            await self._ask_live_source()
+        live = self._live.get(served_name)
+        return live if live is not None and live is not route else None
+
+    async def _ask_live_source(self) -> None:
+        if self._live_source is None:
+            return
+        try:
+            await self._live_source()
+        except Exception:  # the store is out of reach: the request keeps its 503
+            log.exception("re-reading the live revisions failed")
+
+    @staticmethod
+    def _require_same_tokenizer(
+        failed: RevisionRoute,
+        live: RevisionRoute,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+    ) -> None:
+        """Token ids belong to the tokenizer they were made with: never replay them into a
+        revision with another one."""
+        if isinstance(inputs[0], str) or failed.tokenizer_key == live.tokenizer_key:
+            return
+        raise ServiceUnavailableError(
+            f"'{served_name}' moved to a revision with another tokenizer while "
+            "this request was served; its token ids were made for the previous tokenizer and "
+            "are not sent to the new one. Tokenise the input again (or send the text) and retry."
+        )
+
+    def _fail_withdrawn(self, route: RevisionRoute) -> None:
+        """Fail what waits on a revision that is no longer live and has no replica: each
+        request is sent again to the live revision (`embed`)."""
+        route.queue.fail_all(
+            ServiceUnavailableError(
+                f"The revision {route.revision_id} of '{route.revision.served_name}' was "
+                "withdrawn; retry."
+            )
+        )
+
+    def _serves(self, route: RevisionRoute) -> bool:
+        return any(live is route for live in self._live.values())
 
     @staticmethod
     def _check_dimensions(revision: ServedRevision, dimensions: int | None) -> None:
@@ -360,6 +459,11 @@ class Router:
 
         async def guard() -> None:
             try:
+                if len(route.queue) and self._live_source is not None:
+                    await self._ask_live_source()  # the name may have moved without us
+                    if not route.workers and not self._serves(route):
+                        self._fail_withdrawn(route)
+                        return
                 await asyncio.sleep(self.settings.replica_wait_s)
                 if not route.workers:
                     route.queue.fail_all(

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible embeddings request (api/embeddings.md), with its bounds."""
+"""The OpenAI-compatible embeddings request (docs/api/embeddings.md), with its bounds."""
 
 from __future__ import annotations
 

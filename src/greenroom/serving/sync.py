@@ -9,6 +9,14 @@ In a process without a supervisor (`GREENROOM_SUPERVISOR=false`) it also feeds t
 replica source from the store (`StoreReplicas`): every pass reads the replica reports of the
 revisions the router serves, and REPORTED signals start a pass as LIVE ones do. Either way the
 router learns each revision's replica secret from its row here, as the supervisor does.
+
+The router also asks for a pass itself (`refresh`, through `Router.on_missed_switch`) when a
+request reaches a revision that cannot serve it: a switch this sync missed (its pass had not run
+yet, or it was held up) is then followed at once, and the request is sent to the live revision.
+Passes never overlap; concurrent `refresh` calls share one pass.
+
+The store is read through the workloads and registry services (live pointers, revisions, the
+embedding model); the router reports are serving's own rows (`greenroom.serving.models`).
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from greenroom.registry.models import EmbeddingModel
+from greenroom.registry import service as registry_service
 from greenroom.registry.weights import inspect_model
 from greenroom.runtime.base import ReplicaStatus
 from greenroom.serving.models import RouterReport
@@ -31,7 +40,10 @@ from greenroom.serving.replicas import StoreReplicas, replicas_from_report
 from greenroom.serving.router import Router, ServedRevision
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
-from greenroom.workloads.models import LiveRevision, Revision
+from greenroom.workloads import service as workloads_service
+
+if TYPE_CHECKING:  # the rows the workloads service hands us
+    from greenroom.workloads.models import Revision
 
 log = logging.getLogger("greenroom.router.sync")
 
@@ -63,9 +75,12 @@ class RouterSync:
         self.router_id = new_router_id()
         self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
         self._last_report: tuple[dict, dict] | None = None
+        self._pass_lock = asyncio.Lock()
+        self._passes_started = 0
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
         # (a wake-up of this process's pass only; the report itself notifies ROUTERS)
         router.on_drained(lambda _revision_id: signals.wake(Topic.LIVE))
+        router.on_missed_switch(self.refresh)
 
     async def run(self) -> None:
         while True:
@@ -77,6 +92,22 @@ class RouterSync:
             await self.signals.wait_any(self._topics)
 
     async def sync_once(self) -> None:
+        """One pass: follow the store's live pointers (never two passes at once)."""
+        async with self._pass_lock:
+            self._passes_started += 1
+            await self._follow_store()
+
+    async def refresh(self) -> None:
+        """Bring the router up to date with the store: one pass, unless a pass that started
+        after this call has finished meanwhile (concurrent callers share it)."""
+        asked_at = self._passes_started
+        async with self._pass_lock:
+            if self._passes_started > asked_at:
+                return
+            self._passes_started += 1
+            await self._follow_store()
+
+    async def _follow_store(self) -> None:
         known = self.router.revision_ids()
         pointers, reports = await asyncio.to_thread(self._read_store, known)
         if self.replicas is not None:
@@ -105,27 +136,21 @@ class RouterSync:
         """The live pointers and, when feeding a `StoreReplicas`, the replica reports of the
         live revisions and of those the router still knows (draining ones)."""
         with self.store.session_scope() as session:
-            rows = session.execute(
-                select(LiveRevision, Revision, EmbeddingModel)
-                .join(Revision, Revision.id == LiveRevision.revision_id)
-                .join(
-                    EmbeddingModel, EmbeddingModel.id == Revision.embedding_model_id, isouter=True
-                )
-            ).all()
             pointers = [
-                LivePointer(live.served_name, self._served_revision(revision, model))
-                for live, revision, model in rows
+                LivePointer(live.served_name, self._served_revision(session, revision))
+                for live, revision in workloads_service.live_pointers(session)
             ]
             reports: dict[str, list[ReplicaStatus]] = {}
             if self.replicas is not None:
                 wanted = known | {pointer.revision.revision_id for pointer in pointers}
-                revisions = session.scalars(select(Revision).where(Revision.id.in_(wanted)))
+                revisions = workloads_service.revisions_by_id(session, revision_ids=wanted)
                 reports = {r.id: replicas_from_report(r.id, r.replicas or []) for r in revisions}
             return pointers, reports
 
-    def _served_revision(self, revision: Revision, model: EmbeddingModel | None) -> ServedRevision:
+    def _served_revision(self, session: Session, revision: Revision) -> ServedRevision:
         if known := self._known.get(revision.id):
             return known
+        model = registry_service.get(session, embedding_model_id=revision.embedding_model_id)
         config = revision.config
         served = ServedRevision(
             revision_id=revision.id,
