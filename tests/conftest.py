@@ -182,7 +182,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from greenroom.runtime.ray import RAY_TOKEN_FILE, start_private_ray, start_serve
+    from greenroom.runtime.ray_cluster import RAY_TOKEN_FILE, start_private_ray, start_serve
 
     temp_dir = start_private_ray(
         tmp_path_factory.mktemp("ray") / RAY_TOKEN_FILE,

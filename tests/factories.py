@@ -53,6 +53,7 @@ import uuid  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from greenroom.deployments.models import Deployment  # noqa: E402
+from greenroom.registry import flows as registry_flows  # noqa: E402
 from greenroom.registry import service as registry_service  # noqa: E402
 from greenroom.registry.models import EmbeddingModel  # noqa: E402
 from greenroom.registry.schemas import EmbeddingModelCreate  # noqa: E402
@@ -84,7 +85,7 @@ def add_embedding_model(
     **checked: object,
 ) -> EmbeddingModel:
     """A registered model and its default config, as if its load check had passed."""
-    return registry_service.create(
+    return registry_flows.create(
         db_session,
         model_in=EmbeddingModelCreate(id=model_id, source=source, description=description),
         checked=checked_model(**checked),

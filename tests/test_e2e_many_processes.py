@@ -121,7 +121,7 @@ def delete_serve_applications(names: set[str]) -> None:
     from ray import serve
     from ray.experimental import internal_kv
 
-    from greenroom.runtime.ray import KV_NAMESPACE
+    from greenroom.runtime.ray_cluster import KV_NAMESPACE
 
     for name in names:
         serve.delete(name, _blocking=True)

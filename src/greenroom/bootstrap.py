@@ -1,4 +1,9 @@
-"""First start: the admin token, and the default model deployed through an ordinary deploy task."""
+"""First start: the admin token, and the default model deployed through an ordinary deploy task.
+
+Both run under the bootstrap lock (`greenroom.leadership.exclusive`: an advisory lock on
+PostgreSQL, a file lock in the data dir on SQLite) and are idempotent, so several `greenroom
+serve` processes that start together on one store create one admin token and one deploy task.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from greenroom.auth import service as auth_service
 from greenroom.config import Settings
 from greenroom.errors import GreenroomError
+from greenroom.leadership import data_dir_lock, exclusive
+from greenroom.registry import flows as registry_flows
 from greenroom.registry import service as registry_service
 from greenroom.registry.schemas import EmbeddingModelCreate
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, ensure_private_dir
+from greenroom.tasks import flows as tasks_flows
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ModelDeploymentRequest, TaskKind
@@ -26,6 +34,7 @@ from greenroom.tasks.states import TaskStatus
 
 log = logging.getLogger("greenroom.bootstrap")
 ADMIN_TOKEN_FILE = "admin.token"
+BOOTSTRAP_LOCK = "bootstrap"
 
 
 def admin_token_path(settings: Settings) -> Path:
@@ -33,7 +42,7 @@ def admin_token_path(settings: Settings) -> Path:
 
 
 def ensure_admin_token(settings: Settings, store: Store) -> None:
-    """The bootstrap admin token (api/auth.md), before anything else is served.
+    """The bootstrap admin token (docs/api/auth.md), before anything else is served.
 
     With `GREENROOM_ADMIN_TOKEN` set, its value is the admin token (idempotent across restarts; a
     new value replaces the previous one). Otherwise, when the store holds no unrevoked admin token
@@ -41,10 +50,11 @@ def ensure_admin_token(settings: Settings, store: Store) -> None:
     `<data dir>/admin.token` (mode 0600) and printed once to standard error.
     """
     secret = settings.admin_token.get_secret_value() if settings.admin_token else ""
-    if secret:
-        adopt_admin_token(store, secret, admin_token_path(settings))
-    else:
-        create_first_admin_token(store, admin_token_path(settings))
+    with exclusive(data_dir_lock(settings, store, BOOTSTRAP_LOCK)):
+        if secret:
+            adopt_admin_token(store, secret, admin_token_path(settings))
+        else:
+            create_first_admin_token(store, admin_token_path(settings))
 
 
 def adopt_admin_token(store: Store, secret: str, token_file: Path) -> None:
@@ -130,20 +140,29 @@ def register_and_deploy_default(settings: Settings, store: Store) -> str | None:
     """Register the default model if it is not, and queue its deploy on the very first start.
 
     Returns the deploy task id, or None when the model has been deployed before (a restart:
-    what was live comes back from the store without a new task).
+    what was live comes back from the store without a new task). A deploy that another server
+    queued and that has not ended yet is returned too: `/readyz` waits for it here as well.
     """
+    with exclusive(data_dir_lock(settings, store, BOOTSTRAP_LOCK)):
+        return _register_and_deploy_default(settings, store)
+
+
+def _register_and_deploy_default(settings: Settings, store: Store) -> str | None:
     model_id = settings.default_model_id
     with store.session_scope() as session:
         if registry_service.get(session, embedding_model_id=model_id) is None:
             log.info("registering the default model '%s'", model_id)
-            registry_service.register(
+            registry_flows.register(
                 session,
                 model_in=EmbeddingModelCreate(id=model_id, source=settings.default_model_source),
                 options=registry_service.CheckOptions.of(settings),
             )
-        if tasks_service.get_latest(session, embedding_model_id=model_id, kind=TaskKind.DEPLOY):
-            return None
-        task = tasks_service.create_deploy_task(
+        latest = tasks_service.get_latest(
+            session, embedding_model_id=model_id, kind=TaskKind.DEPLOY
+        )
+        if latest is not None:
+            return None if TaskStatus(latest.status).is_final() else latest.id
+        task = tasks_flows.create_deploy_task(
             session,
             request=ModelDeploymentRequest(embedding_model_id=model_id),
             initiated_by="greenroom",

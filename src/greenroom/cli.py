@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,7 +36,6 @@ app.add_typer(tokens_app, name="tokens")
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
-WORKER_STOP_GRACE_S = 5.0  # a stopping worker lets running tasks end this long, then hands over
 
 DataDir = Annotated[
     Path | None,
@@ -90,6 +90,10 @@ def _logging(settings: Any, level: str, name: str) -> None:
 # ----- server side ---------------------------------------------------------------------------
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -108,8 +112,9 @@ def serve(
     """Start the API, the router, the supervisor of local replicas and an embedded worker.
 
     On first start the default model is registered and deployed; after a restart whatever was
-    live comes back from the store. With GREENROOM_SUPERVISOR=false it runs no supervisor and
-    routes to the replicas another `greenroom serve` on this machine reports to the store.
+    live comes back from the store. Several servers on one store elect one supervisor per
+    runtime target; the others stand by, take over when it dies, and meanwhile route to the
+    replicas it reports to the store. With GREENROOM_SUPERVISOR=false a server never supervises.
     """
     import uvicorn
 
@@ -118,6 +123,9 @@ def serve(
 
     settings = _settings(host=host, port=port, data_dir=data_dir, database_url=database_url)
     _logging(settings, log_level, "greenroom")
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it
+    # found: this one makes the end of a graceful stop exit 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -145,54 +153,31 @@ def worker(
     Workers never start replicas; `greenroom serve` processes own them. Use PostgreSQL to run
     several workers beside the servers.
     """
-    from greenroom.metrics import Metrics
-    from greenroom.notify import PostgresBridge
-    from greenroom.rollout.runner import TaskRunner
-    from greenroom.signals import Signals
-    from greenroom.store.db import Store
-    from greenroom.store.migrations import upgrade
-    from greenroom.worker.loop import Worker, default_worker_id
+    from greenroom.compose import WORKER_STOP_GRACE_S, build_parts
 
     settings = _settings(
         data_dir=data_dir, database_url=database_url, worker_concurrency=concurrency
     )
     _logging(settings, log_level, "worker")
-    store = Store(settings.resolved_database_url())
-    upgrade(store.url)
-    signals, metrics = Signals(), Metrics()
-    runner = TaskRunner(store, signals, settings, metrics, worker_id=default_worker_id())
-    loop_worker = Worker(
-        store,
-        runner,
-        worker_id=runner.worker_id,
-        signals=signals,
-        metrics=metrics,
-        concurrency=settings.worker_concurrency,
-        lease_s=settings.lease_s,
-    )
 
     async def run() -> None:
         # on PostgreSQL the servers' changes (new tasks, reported replicas, router reports)
         # wake this worker at once through LISTEN/NOTIFY, and its changes wake them
-        bridge = PostgresBridge(store.url, signals) if store.is_postgres else None
-        if bridge is not None:
-            await bridge.start()
-        # SIGTERM: stop claiming, give running tasks a moment, release the rest's leases
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGTERM, lambda: asyncio.ensure_future(loop_worker.stop(WORKER_STOP_GRACE_S))
-        )
+        parts = build_parts(settings, role="worker")
+        assert parts.worker is not None
+        worker = parts.worker
         try:
-            await loop_worker.run()
+            await parts.start()
+            # SIGTERM: stop claiming, give running tasks a moment, release the rest's leases
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGTERM, lambda: asyncio.ensure_future(worker.stop(WORKER_STOP_GRACE_S))
+            )
+            await parts.worker_stopped()
         finally:
-            if bridge is not None:
-                await bridge.stop()
+            await parts.stop()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        store.dispose()
 
 
 @db_app.command("upgrade")
