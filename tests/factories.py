@@ -96,9 +96,13 @@ def add_deployment(
     db_session: Session, *, workspace: str, name: str, config: str, status: str = "READY"
 ) -> Deployment:
     deployment = Deployment(
-        workspace=workspace, name=name, entity_version=1, config=config, config_version=1
+        workspace=workspace,
+        name=name,
+        entity_version=1,
+        config=config,
+        config_version=1,
+        status=status,  # a row stored in this status, as a test's starting point
     )
-    deployment.status = status
     db_session.add(deployment)
     db_session.flush()
     return deployment

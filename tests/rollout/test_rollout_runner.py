@@ -173,6 +173,57 @@ async def test_green_that_cannot_start_fails_before_the_switch(
         await embed(plane)
 
 
+@async_test
+async def test_a_worker_dying_after_a_failed_step_is_rolled_back_by_the_next(
+    store: Store,
+    onnx_cache_dir: Path,
+    tmp_path: Path,
+    paths: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with control_plane(store, onnx_cache_dir, tmp_path) as plane:
+        plane.point_model_at(paths[0])
+        blue = (await plane.deploy()).task_metadata["revision_id"]
+        plane.point_model_at(paths[0], quantization="int8")
+        plane.runtime.engine_factory = broken_engine
+        real_roll_back = runner_module.steps.roll_back
+
+        async def dies_while_rolling_back(ctx: Any, reason: str) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(runner_module.steps, "roll_back", dies_while_rolling_back)
+        task_id = plane.run_task("deploy")
+        first_worker = asyncio.create_task(plane.runner(task_id))
+        await wait_until(
+            lambda: steps_by_name(plane.task(task_id)).get("start_green") == "failed",
+            what="start_green to fail",
+        )
+        first_worker.cancel()  # the worker dies between the failure and the roll back
+        with contextlib.suppress(asyncio.CancelledError):
+            await first_worker
+        assert plane.task(task_id).status == "processing"
+        failed_step = start_green_record(plane.task(task_id))
+        monkeypatch.setattr(runner_module.steps, "roll_back", real_roll_back)
+
+        await plane.runner(task_id)  # the next worker rolls back instead of starting green again
+
+        task = plane.task(task_id)
+        assert task.status == "failed"
+        assert "weights are corrupt" in (task.detail or "")
+        assert steps_by_name(task)["smoke_test"] == "pending"  # nothing after the failure ran
+        assert start_green_record(task) == failed_step  # not run a second time
+        green = plane.revision(task.task_metadata["revision_id"])
+        assert green.phase == "Failed" and green.desired_replicas == 0
+        assert plane.live_revision() == blue
+        await embed(plane)
+
+
+def start_green_record(task: Any) -> tuple[str, str]:
+    """When start_green started and how it failed (a second run would start it anew)."""
+    step = next(step for step in task.task_metadata["steps"] if step["name"] == "start_green")
+    return step["started_at"], step["message"]
+
+
 def broken_engine(spec: Any) -> Any:
     raise RuntimeError("weights are corrupt")
 

@@ -56,6 +56,10 @@ class TaskRunner:
         plan = plan_of(kind)
         by_name = {step.name: step for step in plan}
         records = ctx.metadata.steps or initial_steps(plan)
+        if failed := next((r for r in records if r.status is StepStatus.FAILED), None):
+            # the worker died between a step's failure and the task's end: roll back, don't rerun
+            await self._fail(ctx, records, by_name[failed.name], failed.message or "step failed")
+            return
         while (name := next_step(records)) is not None:
             step = by_name[name]
             records = await self._record(ctx, mark(records, name, StepStatus.RUNNING))
