@@ -24,6 +24,7 @@ a module of greenroom: the view is found from the app's routes, the switch by it
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
 import sqlite3
@@ -46,6 +47,11 @@ ADMIN_TOKEN = "trace-deploy-admin-token-0123456789abcdef"
 MODEL_ID = "trace-model"
 TERMINAL = {"done", "failed", "canceled", "refused"}
 BEFORE_SWITCH, AFTER_SWITCH = "view → switch", "switch → done"
+# Set in the context of the deploy's own work (the request that asks for it, the worker's task
+# handler) and inherited by what they start (`asyncio.to_thread` copies the context): the
+# "deploy path" counts only files whose functions ran there, not the background loops'.
+ON_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar("on_path", default=False)
+DEFINITIONS = ("models.py", "schemas.py", "pagination.py", "config.py", "errors.py")
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Trace:
     root: str
     view_code: Any = None
     switch_name: str = "set_live"
+    handler_name: str = "TaskRunner.__call__"
+    path_first: dict[str, int] = field(default_factory=dict)
     phase: str | None = None  # None: not recording yet
     idle: bool = False  # recording the background loops alone (no deploy running)
     idle_files: set[str] = field(default_factory=set)
@@ -82,7 +90,11 @@ class Trace:
             self.phase = BEFORE_SWITCH
         if self.phase is None:
             return None
+        if code is self.view_code or code.co_qualname == self.handler_name:
+            ON_PATH.set(True)
         with self._lock:
+            if self.phase == BEFORE_SWITCH and ON_PATH.get() and filename not in self.path_first:
+                self.path_first[filename] = len(self.path_first)
             if filename not in self.first_seen:
                 self._order += 1
                 self.first_seen[filename] = (self.phase, self._order)
@@ -100,6 +112,9 @@ class Trace:
 
     def relative(self, filename: str) -> str:
         return os.path.relpath(os.path.realpath(filename), os.path.dirname(self.root))
+
+    def path_files(self) -> list[str]:
+        return [self.relative(f) for f, _ in sorted(self.path_first.items(), key=lambda i: i[1])]
 
     def files(self, *phases: str) -> list[str]:
         chosen = [(order, f) for f, (phase, order) in self.first_seen.items() if phase in phases]
@@ -276,6 +291,7 @@ def report(trace: Trace, result: dict[str, Any], all_files: list[str]) -> dict[s
         "view_to_switch": before,
         "view_to_switch_packages": sorted({package_of(f) for f in before}),
         "view_to_switch_not_idle": [f for f in before if f not in trace.idle_files],
+        "deploy_path": trace.path_files(),
         "idle": sorted(trace.idle_files),
         "idle_s": result["idle_s"],
         "whole_deploy": whole,
@@ -306,6 +322,15 @@ def print_report(summary: dict[str, Any]) -> None:
         f"\n* also ran in {summary['idle_s']:g} s with no deploy (background loops: "
         f"{len(idle)} files); view → switch without them: {len(not_idle)} files"
     )
+    path = summary["deploy_path"]
+    logic = [f for f in path if not f.endswith(DEFINITIONS) and "/store/" not in f]
+    out(
+        f"\ndeploy path (functions run by the deploy request and its task handler, in the order "
+        f"first entered, until the switch): {len(path)} files, {len(logic)} of them not "
+        "definitions or store plumbing (models, schemas, config, errors, store/)"
+    )
+    for path_file in path:
+        out(f"  {' ' if path_file in logic else '-'} {path_file}")
     out(f"\n(set-up {summary['setup_s']} s, traced deploy {summary['traced_s']} s)")
 
 
