@@ -28,7 +28,6 @@ from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, ensure_private_dir
 from greenroom.tasks import flows as tasks_flows
 from greenroom.tasks import service as tasks_service
-from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ModelDeploymentRequest, TaskKind
 from greenroom.tasks.states import TaskStatus
 
@@ -127,7 +126,7 @@ class StartupState:
         try:
             with store.session_scope() as session:
                 session.execute(text("SELECT 1"))
-                task = session.get(Task, self.task_id) if self.task_id else None
+                task = tasks_service.get(session, task_id=self.task_id) if self.task_id else None
                 status = TaskStatus(task.status) if task else None
         except Exception as exc:
             return f"The store is unreachable: {exc}"
