@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until_sync
 from sqlalchemy import delete, select
-from worker_tasks import add_tasks, count_by_status
+from task_rows import add_tasks, count_by_status
 
 from greenroom.store.db import Store
 from greenroom.store.migrations import upgrade

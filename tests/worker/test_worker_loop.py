@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from helpers import async_test, wait_until
-from worker_tasks import add_tasks, count_by_status, finish, get_task
+from task_rows import add_tasks, count_by_status, finish, get_task
 
 from greenroom.metrics import Metrics
 from greenroom.signals import Signals, Topic

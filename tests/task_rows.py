@@ -1,4 +1,4 @@
-"""Task builders for the worker tests: rows written straight to the store, no task service."""
+"""Task rows for the tasks and worker tests: written straight to the store, no task service."""
 
 from __future__ import annotations
 
