@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,18 +15,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from helpers import pid_alive, stop_process, wait_until_sync
+from helpers import free_port, pid_alive, stop_process, wait_until_sync
 
 from greenroom.config import DEFAULT_MODEL_ID
 from greenroom.registry.weights import content_hash
 
 pytestmark = pytest.mark.default_model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import stop_process, wait_until_sync
+from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_TOKEN
 from sqlalchemy import select
 from test_e2e_rollout import call, data_dir_with_cache, embed, wait_task
@@ -37,14 +37,6 @@ from greenroom.tasks.models import Task
 from greenroom.workloads.models import LiveRevision
 
 TASKS = "/internal/inference-deployment"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def truncate(store: Store) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import stop_process, wait_until_sync
+from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
 from sqlalchemy import select
 
@@ -63,12 +62,6 @@ WORKER_ON_CUE = Path(__file__).resolve().parents[1] / "crash" / "worker_on_cue.p
 DEPLOY_BOUNDARIES = [str(step) for step in DEPLOY_STEPS]
 DELETE_BOUNDARIES = [str(step) for step in DELETE_STEPS]
 CASE_TIMES: dict[str, float] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def deleted_name(step: str) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import pid_alive, wait_until_sync
+from helpers import descendants, free_port, pid_alive, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
 
 from greenroom.runtime.ray_cluster import ensure_ray_token, is_loopback, private_temp_dir
@@ -56,20 +55,6 @@ def test_the_private_temp_dir_is_named_for_the_process() -> None:
 # ----- SIGTERM of `greenroom serve` with its private Ray ------------------------------------------
 
 
-def descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat_line = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat_line.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def naming(text: str) -> set[int]:
     """Processes whose command line mentions `text` (a Ray process names its session dir)."""
     found = set()
@@ -79,12 +64,6 @@ def naming(text: str) -> set[int]:
                 if text.encode() in (entry / "cmdline").read_bytes():
                     found.add(int(entry.name))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(method: str, url: str, **kwargs: object) -> dict:

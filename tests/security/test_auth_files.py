@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from factories import HashEngine
-from helpers import stop_process, wait_until_sync
+from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 from sqlalchemy import event
 from typer.testing import CliRunner
@@ -91,12 +90,6 @@ def test_an_in_process_server_keeps_its_store_private_whatever_the_umask(tmp_pat
         assert found["."] == 0o700
         for name in ("greenroom.db", "greenroom.db-wal", "greenroom.db-shm"):
             assert found[name] == 0o600, name
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(data_dir: Path, log: Path, **env: str) -> subprocess.Popen:

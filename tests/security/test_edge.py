@@ -16,18 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import stop_process, wait_until_sync
+from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
 
 MiB = 1024 * 1024
 CHUNK = b" " * (64 * 1024)
 GUARDED_JSON_ROUTES = ["/v1/embeddings", "/v1/tokens", "/internal/inference-deployment/deploy"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from factories import HashEngine
-from helpers import async_test, pid_alive, wait_until_sync
+from helpers import async_test, descendants, free_port, pid_alive, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
@@ -81,20 +81,6 @@ class Listener:
     port: int
 
 
-def descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat_line = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat_line.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def _listening_inodes() -> dict[str, tuple[str, int]]:
     """Socket inode → (address, port) of every TCP socket in LISTEN state, from /proc/net."""
     found = {}
@@ -135,12 +121,6 @@ def is_loopback(address: str) -> bool:
 def environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(method: str, url: str, **kwargs: object) -> dict:
