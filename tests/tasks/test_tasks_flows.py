@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 
 import pytest
 from factories import add_deployment, add_embedding_model
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from task_requests import delete, deploy
 
 from greenroom.auth.scopes import Scope
 from greenroom.auth.service import Principal
@@ -32,28 +32,6 @@ from greenroom.tasks.schemas import (
 from greenroom.tasks.states import TaskStatus, transition
 
 DEPLOY, DELETE = TaskKind.DEPLOY, TaskKind.DELETE
-
-
-@pytest.fixture
-def db_session(store: Store) -> Iterator[Session]:
-    """One session for the test, committed at the end (the store is empty and migrated)."""
-    with store.session_scope() as session:
-        add_embedding_model(session, "m1")
-        yield session
-
-
-def deploy(db_session: Session, **body: object) -> Task:
-    body.setdefault("embedding_model_id", "m1")
-    return tasks_flows.create_deploy_task(
-        db_session, request=ModelDeploymentRequest.model_validate(body)
-    )
-
-
-def delete(db_session: Session, **body: object) -> Task:
-    body.setdefault("embedding_model_id", "m1")
-    return tasks_flows.create_delete_task(
-        db_session, request=ModelDeletionRequest.model_validate(body)
-    )
 
 
 def test_create_deploy_task(db_session: Session) -> None:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from factories import add_embedding_model
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from task_requests import delete, deploy
 
 from greenroom.deployments import configs as deployments_configs
 from greenroom.errors import ConflictError, NotFoundError
-from greenroom.store.db import Store
-from greenroom.tasks import flows as tasks_flows
 from greenroom.tasks import service as tasks_service
-from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import (
     ModelDeletionRequest,
     ModelDeploymentRequest,
@@ -25,28 +21,6 @@ from greenroom.tasks.schemas import (
 from greenroom.tasks.states import TaskStatus
 
 DEPLOY, DELETE = TaskKind.DEPLOY, TaskKind.DELETE
-
-
-@pytest.fixture
-def db_session(store: Store) -> Iterator[Session]:
-    """One session for the test, committed at the end (the store is empty and migrated)."""
-    with store.session_scope() as session:
-        add_embedding_model(session, "m1")
-        yield session
-
-
-def deploy(db_session: Session, **body: object) -> Task:
-    body.setdefault("embedding_model_id", "m1")
-    return tasks_flows.create_deploy_task(
-        db_session, request=ModelDeploymentRequest.model_validate(body)
-    )
-
-
-def delete(db_session: Session, **body: object) -> Task:
-    body.setdefault("embedding_model_id", "m1")
-    return tasks_flows.create_delete_task(
-        db_session, request=ModelDeletionRequest.model_validate(body)
-    )
 
 
 @pytest.mark.parametrize(
