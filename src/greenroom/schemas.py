@@ -80,6 +80,20 @@ def shown_envs(envs: Mapping[str, str], *, reveal: bool) -> dict[str, str]:
     return dict(envs) if reveal else dict.fromkeys(envs, MASKED_VALUE)
 
 
+# ----- served names: `name` in workspace `default`, `workspace/name` elsewhere ------------------
+
+
+def served_name(workspace: str, name: str) -> str:
+    """`name` in workspace `default`, `workspace/name` elsewhere."""
+    return name if workspace == "default" else f"{workspace}/{name}"
+
+
+def split_served_name(served: str) -> tuple[str, str]:
+    """(workspace, name) of a served name: a name without a workspace is in `default`."""
+    workspace, _, name = served.rpartition("/")
+    return (workspace or "default"), name
+
+
 # ----- executor settings (a deployment config's; the Tasks API's overrides too): each bound
 # is written once, here, and every model that carries the setting (ExecutorConfig,
 # ExecutorConfigUpdate, ConfigOverrides) annotates its field with it.

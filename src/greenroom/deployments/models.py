@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from greenroom.schemas import served_name, split_served_name
 from greenroom.store.db import Base, utcnow
 
 
@@ -68,11 +69,4 @@ class Deployment(Base):
         return served_name(self.workspace, self.name)
 
 
-def served_name(workspace: str, name: str) -> str:
-    """`name` in workspace `default`, `workspace/name` elsewhere."""
-    return name if workspace == "default" else f"{workspace}/{name}"
-
-
-def split_served_name(served: str) -> tuple[str, str]:
-    workspace, _, name = served.rpartition("/")
-    return (workspace or "default"), name
+__all__ = ["Deployment", "DeploymentConfig", "served_name", "split_served_name"]

@@ -26,6 +26,7 @@ from greenroom.errors import GreenroomError, NotFoundError
 from greenroom.registry import service as registry_service
 from greenroom.registry.weights import inspect_model
 from greenroom.rollout.probes import ProbeError, embed_probes, mean_cosine, smoke_problem
+from greenroom.schemas import split_served_name
 from greenroom.serving import reports
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store
@@ -558,9 +559,3 @@ async def stop_deleted(ctx: StepContext) -> StepOutcome:
 async def finish_delete(ctx: StepContext) -> StepOutcome:
     await ctx.db(lambda s: deployments_service.mark_deleted(s, served_name=ctx.served_name))
     return done()
-
-
-def split_served_name(served: str) -> tuple[str, str]:
-    """(workspace, name) of a served name: `name` is in workspace `default`."""
-    workspace, _, name = served.rpartition("/")
-    return workspace or "default", name

@@ -26,6 +26,7 @@ from greenroom.deployments.configs import ConfigPolicy
 from greenroom.errors import ModelSourceError, NotFoundError
 from greenroom.registry import service as registry_service
 from greenroom.registry.weights import content_hash
+from greenroom.schemas import split_served_name
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import (
@@ -141,7 +142,7 @@ def _deploy_target(db_session: Session, *, name: str) -> tuple[str, str]:
 
     In workspace `default` the name must be a registered embedding model; elsewhere a deployment
     of that name must exist. An existing deployment's config is used, else the model's own."""
-    workspace, short_name = _split(name)
+    workspace, short_name = split_served_name(name)
     deployment = deployments_service.get_latest_deployment(
         db_session, workspace=workspace, name=short_name
     )
@@ -155,7 +156,7 @@ def _deploy_target(db_session: Session, *, name: str) -> tuple[str, str]:
 
 def _require_deletable(db_session: Session, *, name: str) -> None:
     """A delete needs a registered model (workspace `default`) or a deployment of that name."""
-    workspace, short_name = _split(name)
+    workspace, short_name = split_served_name(name)
     if (
         deployments_service.get_latest_deployment(db_session, workspace=workspace, name=short_name)
         is not None
@@ -167,11 +168,6 @@ def _require_deletable(db_session: Session, *, name: str) -> None:
     ):
         return
     raise _unknown_model(name)
-
-
-def _split(name: str) -> tuple[str, str]:
-    workspace, _, short_name = name.rpartition("/")
-    return workspace or DEFAULT_WORKSPACE, short_name
 
 
 def _unknown_model(name: str) -> NotFoundError:
@@ -200,7 +196,7 @@ def create_rollback_task(
     metadata = TaskMetadata(
         deployment_target=deployment_target,
         initiated_by=principal.name if principal is not None else initiated_by,
-        workspace=name.rpartition("/")[0] or tasks_service.DEFAULT_WORKSPACE,
+        workspace=split_served_name(name)[0],
         rollback_of=target.id,
         allow_embedding_space_change=request.allow_embedding_space_change,
     )

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from greenroom.errors import ConflictError, GreenroomError, NotFoundError
+from greenroom.schemas import served_name, split_served_name
 from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ConfigVersion, TaskKind, TaskMetadata
@@ -93,8 +94,7 @@ def get_latest_or_raise(db_session: Session, *, embedding_model_id: str, kind: T
 
 def canonical(embedding_model_id: str) -> str:
     """The served name as stored: `default/x` is `x` (docs/architecture.md, served name)."""
-    workspace, _, name = embedding_model_id.rpartition("/")
-    return name if workspace in ("", DEFAULT_WORKSPACE) else embedding_model_id
+    return served_name(*split_served_name(embedding_model_id))
 
 
 def unfinished(db_session: Session, *, served_name: str) -> list[Task]:
