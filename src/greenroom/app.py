@@ -4,13 +4,15 @@ builds for `greenroom serve`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import (
     http_exception_handler,
-    request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -26,6 +28,7 @@ from greenroom.config import Settings
 from greenroom.deployments import views as deployments_views
 from greenroom.edge import EdgeMiddleware
 from greenroom.errors import GreenroomError, ModelNotFoundError
+from greenroom.migrations import views as migrations_views
 from greenroom.openapi import ErrorFamily, document_errors
 from greenroom.ops import views as ops_views
 from greenroom.registry import views as registry_views
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         tasks_views,
         deployments_views,
         workloads_views,
+        migrations_views,
         auth_views,
         audit_views,
     ):
@@ -127,7 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         if error_family(request.url.path) == "detail":
-            return await request_validation_exception_handler(request, exc)
+            return JSONResponse({"detail": shown_errors(exc.errors())}, status_code=422)
         message = "The request is invalid: " + str(exc.errors()[:1])
         return render_error(request.url.path, 400, message)
 
@@ -136,6 +140,25 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s", request.url.path)
         message = "Internal error; the server log has the details."
         return render_error(request.url.path, 500, message)
+
+
+def shown_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's 422 errors, each echoing its `input` only when that input is JSON-safe: a NaN
+    or a lone surrogate in a body made the error itself a 500 while it was rendered."""
+    return [
+        error
+        if "input" not in error or _json_safe(error["input"])
+        else {key: value for key, value in error.items() if key != "input"}
+        for error in jsonable_encoder(errors)
+    ]
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
 
 
 WORKLOADS_PATH_PREFIX = "/api/v1/workloads"

@@ -9,10 +9,11 @@
    tells a stranger nothing. A refusal (401, 403) is answered here, in the API family's shape,
    without reading the body; the principal goes to `scope["state"]["principal"]`
    (`request.state.principal`), where `authorize` and the audit log read it.
-2. The body limit: `max_request_bytes` on `/v1/embeddings`, `max_control_request_bytes` on every
-   other route. A declared `Content-Length` over it is refused at once (413); a body without one
-   (chunked) is counted as it streams in, and the read that crosses the limit raises
-   `RequestBodyTooLarge` (413), so nothing over the limit is ever buffered.
+2. The body limit: `max_request_bytes` on `/v1/embeddings`, 8 MiB on a migration's sample texts,
+   `max_control_request_bytes` on every other route. A declared `Content-Length` over it is
+   refused at once (413); a body without one (chunked) is counted as it streams in, and the
+   read that crosses the limit raises `RequestBodyTooLarge` (413), so nothing over the limit
+   is ever buffered.
 
 Header sizes are the HTTP server's to bound: `UVICORN_LIMITS` (h11, whose buffer for a request's
 head is bounded; httptools' is not), for `greenroom serve` and the test servers alike.
@@ -20,6 +21,7 @@ head is bounded; httptools' is not), for `greenroom serve` and the test servers 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +48,9 @@ OPEN_PATHS = policy.OPEN_PATHS | {
 }
 OPEN_PREFIXES = ("/ui/",)  # the console's static files
 EMBEDDINGS_PATH = "/v1/embeddings"
+# sample texts of a migration: up to 2,048 texts of 8 KiB a call (docs/api/migrations.md)
+MIGRATION_SAMPLES_PATH = re.compile(r"/v1/migrations/[^/]+/[^/]+/samples")
+MIGRATION_SAMPLES_MAX_BYTES = 8 * 1024 * 1024
 # The request line and headers together; h11 answers 400 past it. Tokens are 43 characters.
 MAX_HEADER_BYTES = 16 * 1024
 UVICORN_LIMITS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
@@ -102,6 +107,8 @@ class EdgeMiddleware:
     def body_limit(self, path: str) -> int:
         if path == EMBEDDINGS_PATH:
             return self.settings.max_request_bytes
+        if MIGRATION_SAMPLES_PATH.fullmatch(path):
+            return MIGRATION_SAMPLES_MAX_BYTES
         return self.settings.max_control_request_bytes
 
     async def authenticate(self, scope: Scope) -> None:

@@ -7,6 +7,7 @@ from alembic import context
 import greenroom.audit.models
 import greenroom.auth.models
 import greenroom.deployments.models
+import greenroom.migrations.models
 import greenroom.registry.models
 import greenroom.serving.models
 import greenroom.tasks.models
