@@ -15,6 +15,7 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,12 @@ class RuntimeConformance(ABC):
         self.model_2_dir = tiny_model_2_dir
 
     def revision_spec(
-        self, revision_id: str, *, replicas: int = 1, model_dir: Path | None = None
+        self,
+        revision_id: str,
+        *,
+        replicas: int = 1,
+        model_dir: Path | None = None,
+        priority: str = "normal",
     ) -> RevisionSpec:
         path = model_dir or self.model_dir
         return RevisionSpec(
@@ -55,6 +61,7 @@ class RuntimeConformance(ABC):
             content_hash=content_hash(path),
             replicas=replicas,
             threads=1,
+            priority=priority,
             secret=secrets.token_hex(32),
         )
 
@@ -102,6 +109,25 @@ class RuntimeConformance(ABC):
             ]
             assert backend.revisions() == [spec.revision_id]
             assert backend.running() == {spec.revision_id: spec}  # what the reconciler compares
+
+    @async_test
+    async def test_a_priority_change_starts_the_replicas_again(self) -> None:
+        """A staged (low-priority) revision that is promoted comes back fresh at normal
+        priority: the backend reports the priority it runs, and a new one restarts it."""
+        low = self.revision_spec("rev-staged", priority="low")
+        normal = replace(low, priority="normal")
+        async with self.running_backend() as backend:
+            await backend.start_revision(low)
+            (before,) = await wait_ready(backend, low.revision_id, 1)
+            assert backend.running() == {low.revision_id: low}
+            assert_unit_vectors(await embed_probe(before, low), None)
+            await backend.start_revision(normal)
+            (after,) = await wait_ready(backend, low.revision_id, 1)
+            assert backend.running() == {low.revision_id: normal}
+            await wait_until(
+                lambda: self.replica_gone(before), what="the low-priority replica to exit"
+            )
+            assert_unit_vectors(await embed_probe(after, normal), None)
 
     @async_test
     async def test_unknown_revision_has_no_replicas(self) -> None:

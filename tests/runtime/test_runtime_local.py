@@ -131,3 +131,48 @@ async def test_replicas_die_with_the_process_that_owns_them(
         for pid in replica_pids:  # only if the test failed: never leave an orphan behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def thread_nice_values(pid: int) -> list[int]:
+    """The niceness of every thread of a process (field 19 of /proc/<pid>/task/<tid>/stat): on
+    Linux each thread has its own, so every one must have been started after the replica
+    lowered its priority."""
+    values = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        fields = stat.read_text().rpartition(")")[2].split()  # after "pid (comm)"
+        values.append(int(fields[19 - 3]))  # field 19, counted from 1; fields 1-2 are gone
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@async_test
+async def test_a_low_priority_replica_runs_nicer_than_a_normal_one(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(19, base + runtime.settings.staged_nice)
+    assert runtime.settings.staged_nice >= 10
+    try:
+        for revision_id, priority in (("rev-live", "normal"), ("rev-staged", "low")):
+            await runtime.start_revision(
+                RevisionSpec(
+                    revision_id,
+                    tiny_model_dir,
+                    content_hash(tiny_model_dir),
+                    threads=2,
+                    priority=priority,
+                    secret=SECRET,
+                )
+            )
+        (live,) = await wait_ready(runtime, "rev-live", 1)
+        (staged,) = await wait_ready(runtime, "rev-staged", 1)
+        assert live.pid is not None and staged.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, live.pid) == base
+        assert os.getpriority(os.PRIO_PROCESS, staged.pid) == expected >= 10
+        staged_threads = thread_nice_values(staged.pid)
+        assert len(staged_threads) > 1  # the engine's and the executor's threads too
+        assert set(staged_threads) == {expected}
+        assert set(thread_nice_values(live.pid)) == {base}
+    finally:
+        await runtime.close()

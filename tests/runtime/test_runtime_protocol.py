@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -317,3 +318,41 @@ async def test_replica_closing_mid_reply_raises_connection_error() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class SlowEngine(HashEngine):
+    """Each batch takes `seconds`; warm-ups are counted."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.warm_ups = 0
+
+    def embed(self, lengths: np.ndarray, flat_ids: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().embed(lengths, flat_ids)
+
+    def warm_up(self) -> np.ndarray:
+        self.warm_ups += 1
+        return super().warm_up()
+
+
+@async_test
+async def test_a_health_check_behind_running_batches_answers_at_once() -> None:
+    """Batches in flight are the proof of life: the health check does not queue its warm-up
+    embed behind them (a slow, busy replica would miss its health timeout and be killed)."""
+    engine = SlowEngine(seconds=1.0)
+    async with (
+        replica_server(engine) as (_, port),
+        client_for(port) as busy,
+        client_for(port) as checker,
+    ):
+        await checker.health()  # idle: a real warm-up embed
+        assert engine.warm_ups == 1
+        embedding = asyncio.ensure_future(busy.embed(*batch([1, 2, 3])))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await checker.health()
+        assert time.monotonic() - started < 0.5
+        assert engine.warm_ups == 1
+        await embedding

@@ -100,7 +100,12 @@ async def test_a_new_backend_adopts_running_applications(
 ) -> None:
     """What an external cluster gives a restarted `greenroom serve`: its revisions, as they run."""
     spec = RevisionSpec(
-        "rev-adopted", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+        "rev-adopted",
+        tiny_model_dir,
+        content_hash(tiny_model_dir),
+        threads=1,
+        priority="low",  # a staged revision's: adopted as it runs, never redeployed for it
+        secret=SECRET,
     )
     first = ray_runtime(tmp_path, onnx_cache_dir)
     first.keep_applications = True

@@ -55,6 +55,15 @@ def test_a_changed_spec_is_updated_with_the_desired_one() -> None:
     assert step.update[0].replicas == 3
 
 
+def test_a_priority_change_is_an_update() -> None:
+    """Promotion's `start_live`: the staged revision's low-priority replicas are restarted at
+    normal priority; a staged one that is running at normal priority is restarted low."""
+    staged = spec("a", priority="low")
+    assert plan([spec("a")], {"a": staged}) == Plan(update=(spec("a"),))
+    assert plan([staged], {"a": spec("a")}) == Plan(update=(staged,))
+    assert plan([staged], {"a": spec("a", priority="low")}).is_empty()
+
+
 def test_an_extra_revision_is_stopped() -> None:
     step = plan([spec("a")], {"a": spec("a"), "c": spec("c"), "b": spec("b")})
     assert step == Plan(stop=("b", "c"))
@@ -90,6 +99,9 @@ def test_a_revision_row_becomes_its_spec() -> None:
         "r1", threads=3, max_batch_size=16, environment={"A": "1"}, replicas=2, runtime="ray"
     )
     assert made.secret == "s" * 64
+    assert made.priority == "normal"  # a row not yet flushed has no priority: normal
+    revision.priority = "low"
+    assert revision_spec(revision) == replace(made, priority="low")
 
 
 # ----- one pass against the fake backend ------------------------------------------------------

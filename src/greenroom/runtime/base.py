@@ -41,6 +41,10 @@ class RevisionSpec:
     environment: dict[str, str] = field(default_factory=dict)
     runtime: str = "local"  # the runtime target (`local`, `ray`) that runs it
     max_batch_size: int = 32  # bounds the requests its replicas accept
+    # "normal", or "low" for a staged revision: its replicas yield the CPU to the live ones
+    # (locally a higher `nice`, on Ray half the CPUs). It takes part in comparing specs, so a
+    # change restarts the replicas: promotion starts the live ones fresh at normal priority.
+    priority: str = "normal"
     # The revision's replica secret (`revisions.replica_secret`): every connection to its
     # replicas proves it knows it. Never in a repr or a log; it never changes for a revision,
     # so it takes no part in comparing specs (an adopted Ray application's spec has none).

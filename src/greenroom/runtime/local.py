@@ -5,7 +5,8 @@ starts the replica process, waits for its ready line, health-checks it (a real e
 it with exponential back-off when it exits or stops answering. Replicas bind loopback only and die
 with this process (parent-death signal), so a killed server leaves no orphans. A replica starts
 with the minimal environment of `environment.replica_environment` (never the server's, which
-holds `GREENROOM_*` secrets) and gets its revision's secret through its standard input.
+holds `GREENROOM_*` secrets) and gets its revision's secret through its standard input. A
+low-priority (staged) revision's replicas run `settings.staged_nice` nicer than live ones.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class ReplicaSlot:
             "--parent-pid", str(os.getpid()),
             "--max-batch-size", str(spec.max_batch_size),
         ]  # fmt: skip
+        if spec.priority == "low":  # a staged revision's replica yields the CPU to live ones
+            command += ["--nice", str(self.settings.staged_nice)]
         env = replica_environment(
             spec.environment,
             self.settings.allowed_env_names(),

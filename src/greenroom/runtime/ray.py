@@ -9,7 +9,9 @@ Where Ray runs is `ray_cluster`'s: `RAY_ADDRESS` when set, else a private local 
 with this process. Applications on an external cluster outlive greenroom and are re-adopted on
 the next start (their spec is kept in Ray's KV store); a private Ray's die with it. Replicas get
 the allowed variables of their config only (`environment.replica_environment`) and their
-revision's secret as a bind argument, which guards their protocol port.
+revision's secret as a bind argument, which guards their protocol port. A low-priority (staged)
+revision's replicas ask Ray for half the CPUs (`replica_num_cpus`); its priority is part of the
+kept spec, so an adopted application is not redeployed for it.
 
 Every call into Ray runs on one thread of its own (`_call`), off the event loop.
 """
@@ -231,10 +233,13 @@ class RayRuntime(RuntimeBackend):
         )
 
     def replica_num_cpus(self, spec: RevisionSpec) -> float:
-        """The CPU share a replica asks of Ray: a fraction, so green fits beside blue."""
+        """The CPU share a replica asks of Ray: a fraction, so green fits beside blue; half of
+        it for a low-priority (staged) revision, whose replicas must leave the CPUs to the
+        live revision's (Ray has no `nice`: fewer CPUs is its lower priority)."""
+        divisor = 2 if spec.priority == "low" else 1
         if self.settings.ray_replica_num_cpus is not None:
-            return self.settings.ray_replica_num_cpus
-        return round(min(spec.threads, default_threads()) / default_threads() / 2, 3)
+            return self.settings.ray_replica_num_cpus / divisor
+        return round(min(spec.threads, default_threads()) / default_threads() / 2 / divisor, 3)
 
     async def stop_revision(self, revision_id: str) -> None:
         known = self._revisions.pop(revision_id, None)

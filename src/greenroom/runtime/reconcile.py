@@ -48,6 +48,7 @@ class DesiredRevision(Protocol):
     config: dict[str, Any]
     desired_replicas: int
     runtime: str
+    priority: str
     replica_secret: str
 
 
@@ -65,6 +66,7 @@ def revision_spec(revision: DesiredRevision) -> RevisionSpec:
         environment=dict(config.get("additional_envs") or {}),
         runtime=revision.runtime,
         max_batch_size=config.get("max_batch_size", 32),
+        priority=revision.priority or "normal",
         secret=revision.replica_secret,
     )
 

@@ -6,7 +6,8 @@ loads the engine, embeds a warm-up batch, listens on loopback and prints one JSO
 `{"event": "ready", "port": N}` on standard output: that line is its readiness. Only clients that
 know the secret get answers (`protocol.accept`); requests are bounded by the revision's limits
 and errors carry one sentence, their details go to the replica's log. It dies with its parent
-(parent-death signal), so a killed `greenroom serve` leaves no orphans.
+(parent-death signal), so a killed `greenroom serve` leaves no orphans. A staged revision's
+replica starts with `--nice N` and lowers its own CPU priority before loading anything.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from greenroom.runtime import protocol
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine
@@ -31,6 +33,11 @@ log = logging.getLogger("greenroom.replica")
 PR_SET_PDEATHSIG = 1
 MAX_SECRET_LINE = 256
 FAILED = "The replica could not embed this batch."
+# A health check that finds batches in flight, the engine having started or finished one less
+# than this long ago, answers at once: the batches are the proof of life. Queued behind them (a
+# staged replica at a low CPU priority under load, a large model's long texts), its own warm-up
+# embed could wait past the supervisor's health timeout, and a working replica would be killed.
+BUSY_IS_HEALTHY_S = 300.0
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -54,6 +61,20 @@ class ReplicaServer:
             max_batch_size, info.max_seq_length, info.vocab_size
         )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._in_flight = 0  # embed requests queued or running (counted on the event loop)
+        self._progress_at = 0.0  # monotonic time the engine last started or finished a batch
+
+    def _embed(self, lengths: Any, flat_ids: Any) -> Any:
+        """Embed on the engine thread, recording its progress (`_is_busy_and_alive`)."""
+        self._progress_at = time.monotonic()
+        try:
+            return self.engine.embed(lengths, flat_ids)
+        finally:
+            self._progress_at = time.monotonic()
+
+    def _is_busy_and_alive(self) -> bool:
+        recent = time.monotonic() - self._progress_at < BUSY_IS_HEALTHY_S
+        return self._in_flight > 0 and recent
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -81,12 +102,17 @@ class ReplicaServer:
         try:
             if op == protocol.OP_EMBED:
                 lengths, flat_ids = protocol.decode_embed(payload, self.limits)
-                vectors = await loop.run_in_executor(
-                    self.executor, self.engine.embed, lengths, flat_ids
-                )
+                self._in_flight += 1
+                try:
+                    vectors = await loop.run_in_executor(
+                        self.executor, self._embed, lengths, flat_ids
+                    )
+                finally:
+                    self._in_flight -= 1
                 return protocol.ok_vectors(vectors)
             if op == protocol.OP_HEALTH:
-                await loop.run_in_executor(self.executor, self.engine.warm_up)
+                if not self._is_busy_and_alive():
+                    await loop.run_in_executor(self.executor, self.engine.warm_up)
                 return protocol.ok_json({"healthy": True})
             if op == protocol.OP_INFO:
                 info = self.engine.info
@@ -149,11 +175,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch-size", type=int, default=32, help="the revision's max batch size"
     )
+    parser.add_argument(
+        "--nice",
+        type=niceness,
+        default=0,
+        help="raise this process's niceness by N (0-19) before anything starts: a staged "
+        "revision's replicas yield the CPU to the live revision's",
+    )
     return parser.parse_args(argv)
+
+
+def niceness(value: str) -> int:
+    """`--nice`: an increment of 0 to 19 (the kernel caps the result at 19)."""
+    number = int(value)
+    if not 0 <= number <= 19:
+        raise argparse.ArgumentTypeError(f"{number} is not between 0 and 19")
+    return number
+
+
+def lower_priority(increment: int) -> None:
+    """Raise our niceness by `increment`. On Linux a thread's niceness is its own and new
+    threads inherit their creator's, so this runs first, on the main thread, before the
+    engine or our thread pool starts a thread; threads that imports already started (a BLAS
+    pool of numpy's) are reniced one by one, so no thread of a staged replica runs at the
+    live replicas' priority."""
+    if increment <= 0:
+        return
+    niceness = os.nice(increment)
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return
+    for task in tasks.iterdir():
+        with contextlib.suppress(ValueError, OSError):  # a thread that just ended
+            thread_id = int(task.name)
+            if os.getpriority(os.PRIO_PROCESS, thread_id) < niceness:
+                os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    lower_priority(args.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     die_with_parent(args.parent_pid)
     secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""

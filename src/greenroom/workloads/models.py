@@ -34,6 +34,9 @@ class Revision(Base):
     engine: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the executor config snapshot
     runtime: Mapped[str] = mapped_column(String(16), default="local")
+    # "normal", or "low" while staged: its replicas then yield the CPU to the live revision's
+    # (a higher `nice` locally, half the CPUs on Ray); promotion restarts them at "normal".
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     phase: Mapped[str] = mapped_column(String(16), default="Creating")
     phase_message: Mapped[str | None] = mapped_column(String(1000))
     phase_updated_at: Mapped[datetime] = mapped_column(default=utcnow)

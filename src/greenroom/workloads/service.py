@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Select, func, select
@@ -29,6 +30,14 @@ NOT_FOUND = "Resource id not found."
 REPLICA_COMMAND = "python -m greenroom.runtime.replica"
 INITIALIZING_MESSAGE = "replicas loading and warming up"
 TERMINATING_MESSAGE = "draining and stopping"
+STAGED_MESSAGE = "staged: no live traffic"
+
+
+class Priority(StrEnum):
+    """The CPU priority of a revision's replicas (`Revision.priority`)."""
+
+    NORMAL = "normal"
+    LOW = "low"  # a staged revision's: shadow traffic must never slow the live revision
 
 
 def parse_id(value: str) -> str:
@@ -259,16 +268,49 @@ def create_revision(
     return revision
 
 
-def want_replicas(db_session: Session, *, revision_id: str) -> int:
+def want_replicas(
+    db_session: Session, *, revision_id: str, priority: Priority | str | None = None
+) -> int:
     """Ask for the revision's configured replicas (the reconciler starts them) and record it
-    Initializing; the number asked for. A revision the phase machine will not initialise (a
-    Failed or retired one: a step resumed after its roll back began) gets no replicas again."""
+    Initializing; the number asked for. `priority` ("low" for a staged revision, "normal" for
+    a live one), when given, is set too: a different priority is a different spec, so the
+    reconciler restarts running replicas with it. A revision the phase machine will not
+    initialise (a Failed or retired one: a step resumed after its roll back began) gets no
+    replicas again and keeps its priority."""
     revision = get_revision_or_fail(db_session, revision_id=revision_id)
-    asked_before = revision.desired_replicas
+    asked_before, priority_before = revision.desired_replicas, revision.priority
     revision.desired_replicas = int(revision.config.get("replicas", 1))
+    if priority is not None:
+        revision.priority = _checked_priority(priority)
     if not _move(revision, RevisionPhase.INITIALIZING, INITIALIZING_MESSAGE).accepted:
         revision.desired_replicas = asked_before
+        revision.priority = priority_before
     return revision.desired_replicas
+
+
+def set_priority(db_session: Session, *, revision_id: str, priority: Priority | str) -> None:
+    """Set the CPU priority the revision's replicas run at ("low": they yield to the live
+    revision's; "normal"). Running replicas are restarted with it by the reconciler (the spec
+    changed), so a caller that must not lose capacity asks for it before they serve."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    revision.priority = _checked_priority(priority)
+
+
+def record_staged(db_session: Session, *, revision_id: str) -> None:
+    """Record the revision Running as a staged revision (`STAGED_MESSAGE`): its replicas are up
+    and answer its pinned names and shadow traffic, but the served name's live pointer stays
+    on the live revision. `record_replicas` never rewrites this message: it only judges the
+    health of the live revision."""
+    revision = get_revision_or_fail(db_session, revision_id=revision_id)
+    _move(revision, RevisionPhase.RUNNING, STAGED_MESSAGE)
+
+
+def _checked_priority(priority: Priority | str) -> Priority:
+    """A priority the runtime knows; anything else is a programming error, said at once."""
+    try:
+        return Priority(priority)
+    except ValueError:
+        raise ValueError(f"unknown replica priority {priority!r}: low or normal") from None
 
 
 def withdraw(db_session: Session, *, revision_id: str) -> None:
