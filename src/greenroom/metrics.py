@@ -6,10 +6,11 @@ replica readiness, restarts) are read from the router and the runtime at scrape 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -63,6 +64,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._add_migration_metrics()
 
         self.rollout_step_duration = Histogram(
             "greenroom_rollout_step_duration_seconds",
@@ -88,6 +90,65 @@ class Metrics:
             "Tasks taken over by a worker after the lease of another one expired.",
             registry=self.registry,
         )
+
+    def _add_migration_metrics(self) -> None:
+        """Shadow traffic and adapters (docs/migrations.md), labelled by the plain served name:
+        pinned names and revision ids never become labels, so label sets stay bounded."""
+        self.shadow_requests = Counter(
+            "greenroom_shadow_requests",
+            "Live requests sampled for shadow traffic, by served name.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.shadow_inputs = Counter(
+            "greenroom_shadow_inputs",
+            "Inputs of sampled requests meant for the staged revision (at most 32 a request).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.shadow_dropped_inputs = Counter(
+            "greenroom_shadow_dropped_inputs",
+            "Shadow inputs dropped, not sent, because the staged revision's queue was not idle.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.shadow_errors = Counter(
+            "greenroom_shadow_errors",
+            "Shadow calls to the staged revision that failed (the live answer never does).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.shadow_latency = Histogram(
+            "greenroom_shadow_latency_seconds",
+            "Embedding time of shadowed requests: the live request's and the staged call's.",
+            ["model", "side"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_neighbour_overlap = Gauge(
+            "greenroom_shadow_neighbour_overlap_at_10",
+            "Neighbour overlap@10 between the staged and the live space over the shadow window.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.shadow_mean_cosine = Gauge(
+            "greenroom_shadow_mean_cosine",
+            "Mean paired cosine of staged and live vectors (only where the dimensions match).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.adapter_inputs = Counter(
+            "greenroom_adapter_inputs",
+            "Inputs answered through an adapter (a served name in the adapted stage).",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def forget_shadow_gauges(self, served_name: str) -> None:
+        """A name whose shadow traffic ended: its gauges would otherwise show stale figures."""
+        for gauge in (self.shadow_neighbour_overlap, self.shadow_mean_cosine):
+            with contextlib.suppress(KeyError):
+                gauge.remove(served_name)
 
     def watch(self, router: Router, runtime: RuntimeBackend) -> None:
         self.registry.register(_StateCollector(lambda: router, lambda: runtime))

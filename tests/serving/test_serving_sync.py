@@ -18,11 +18,14 @@ from helpers import async_test, wait_until
 
 from greenroom.config import Settings
 from greenroom.metrics import Metrics
+from greenroom.migrations import service as migrations_service
+from greenroom.migrations.adapters import LoadedAdapter
 from greenroom.runtime.base import RevisionSpec
 from greenroom.runtime.fake import FakeRuntime
 from greenroom.runtime.reconcile import replica_report
 from greenroom.serving.models import RouterReport
 from greenroom.serving.replicas import StoreReplicas
+from greenroom.serving.reports import adapter_of, serves, staged_of
 from greenroom.serving.router import Router
 from greenroom.serving.sync import RouterSync
 from greenroom.signals import Signals
@@ -272,3 +275,114 @@ async def test_refreshes_asked_during_a_pass_share_the_next_one(
         assert passes == 2
         await s.sync.refresh()
         assert passes == 3  # asked once no pass runs: a pass of its own
+
+
+# ----- migrations: the staged revision, the adapter, the shadow summaries ----------------------
+
+
+def report_of(setup: Setup) -> RouterReport:
+    with setup.store.session_scope() as session:
+        report = session.get(RouterReport, setup.sync.router_id)
+        assert report is not None
+        session.expunge(report)
+        return report
+
+
+async def shadows_done(router: Router) -> None:
+    await wait_until(lambda: not router._shadow_tasks, what="the shadow calls to end")
+
+
+@pytest.mark.parametrize("supervisor_here", [True, False], ids=["supervisor", "store-reports"])
+@async_test
+async def test_a_staged_revision_is_prepared_kept_shadowed_and_reported(
+    store: Store, tiny_model_dir: Path, supervisor_here: bool
+) -> None:
+    async with setup(store, tiny_model_dir, supervisor_here=supervisor_here) as s:
+        blue, green = s.add_revision(offset=0.0), s.add_revision(offset=1.0)
+        await s.start(blue)
+        s.point_live(blue)
+        await s.start(green)
+        with store.session_scope() as session:
+            migrations_service.record_staged(session, served_name=NAME, revision_id=green)
+            migrations_service.set_shadow_fraction(session, served_name=NAME, fraction=1.0)
+        for _ in range(2):  # a later pass keeps the staged revision: it is not live, yet served
+            await s.sync.sync_once()
+            await s.sync.report()
+            assert s.router.live(NAME).revision_id == blue
+            assert s.router.staged(NAME).revision_id == green
+        await wait_until(lambda: bool(s.router.staged(NAME).workers), what="a worker for green")
+        staged = await s.router.embed(f"{NAME}@staged", ["hello"])
+        np.testing.assert_allclose(staged.vectors[0], expected(s, green, "hello"), rtol=1e-5)
+
+        report = report_of(s)
+        assert report.pinned == {NAME: {"staged": green, "adapter": None}}
+        assert set(report.in_flight) == {blue, green}
+        assert serves(report, green) and serves(report, blue) and not serves(report, "other")
+        assert staged_of(report, NAME) == green and adapter_of(report, NAME) is None
+
+        texts = [f"a shadowed sentence number {i}" for i in range(12)]
+        await s.router.embed(NAME, texts)
+        await shadows_done(s.router)
+        await s.sync.write_shadow_summaries(force=True)
+        with store.session_scope() as session:
+            shadow = migrations_service.shadow_report(session, served_name=NAME)
+        assert shadow is not None
+        assert (shadow.requests, shadow.inputs, shadow.dropped, shadow.processes) == (1, 12, 0, 1)
+        assert shadow.mean_cosine is not None and shadow.neighbour_overlap_at_10 is not None
+        assert shadow.latency_ms.staged_p50 is not None
+
+        with store.session_scope() as session:
+            migrations_service.record_aborted(session, served_name=NAME)
+        await s.sync.sync_once()
+        await s.sync.report()
+        assert s.router.staged(NAME) is None and green not in s.router.revision_ids()
+        assert report_of(s).pinned == {}
+        assert s.router.shadow_recorders() == {}
+
+
+@async_test
+async def test_an_adapted_promotion_switches_the_pointer_and_the_space_in_one_pass(
+    store: Store, tiny_model_dir: Path
+) -> None:
+    async with setup(store, tiny_model_dir, supervisor_here=True) as s:
+        blue, green = s.add_revision(offset=0.0), s.add_revision(offset=1.0)
+        await s.start(blue)
+        s.point_live(blue)
+        await s.start(green)
+        with store.session_scope() as session:
+            migrations_service.record_staged(session, served_name=NAME, revision_id=green)
+        await s.sync.sync_once()
+        blue_space = s.router.live(NAME).revision.embedding_space()
+        weight = np.eye(8, dtype=np.float32)[::-1].copy()  # reverses the components
+        parameters = {"weight": weight, "bias": np.zeros(8, dtype=np.float32)}
+        with store.session_scope() as session:
+            adapter = migrations_service.store_adapter(
+                session,
+                served_name=NAME,
+                revision_id=green,
+                target_revision_id=blue,
+                kind="procrustes",
+                parameters=LoadedAdapter(kind="procrustes", parameters=parameters).to_bytes(),
+                evaluation={},
+                target_embedding_space=blue_space,
+                target_normalize=True,
+            )
+            adapter_id = adapter.id
+            migrations_service.record_promoted(
+                session, served_name=NAME, mode="adapted", old_revision_id=blue
+            )
+        s.point_live(green)
+        await s.sync.sync_once()
+        await s.sync.report()
+        assert s.router.live(NAME).revision_id == green
+        report = report_of(s)
+        assert report.live == {NAME: green} and adapter_of(report, NAME) == adapter_id
+        assert staged_of(report, NAME) is None
+        result = await s.router.embed(NAME, ["hello"])
+        raw = expected(s, green, "hello")
+        mapped = raw[::-1] / np.linalg.norm(raw)
+        np.testing.assert_allclose(result.vectors[0], mapped, rtol=1e-5)
+        assert result.embedding_space == blue_space
+        live = await s.router.embed(f"{NAME}@live", ["hello"])
+        assert live.embedding_space == s.router.live(NAME).revision.embedding_space()
+        np.testing.assert_allclose(live.vectors[0], raw, rtol=1e-5)

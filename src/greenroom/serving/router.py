@@ -16,6 +16,17 @@ from one revision. Strings are tokenised again by the new revision's tokenizer; 
 never replayed into a revision with another tokenizer: such a request gets the 503. Items queued
 on a revision that loses its last replica trigger that pass at once, instead of waiting out
 `replica_wait_s`.
+
+**Migrations** (docs/migrations.md). Besides the live revision, a served name may have a staged
+revision (`set_migration`, fed by the router sync from the store). `name@live`, `name@staged`
+and `name@<revision id>` (the live or the staged revision) address one revision directly, in its
+own raw space, with its own tokenizer and queue; they are never retried elsewhere. While a name
+is staged, a sampled share of its plain requests is also embedded by the staged revision after
+the live answer is ready (shadow traffic, `_shadow`), only when the staged queue is idle. Under
+`adapted` the plain name answers with the live revision's vectors mapped by the adapter into the
+old space: the space is decided by the revision that computed the vectors, so a request that
+finished on the old revision keeps its raw (old-space) vectors, and raw new-space vectors are
+never returned under the old space's name (503 until this router has the adapter).
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -39,20 +52,28 @@ from greenroom.errors import (
     ServiceUnavailableError,
 )
 from greenroom.metrics import Metrics
+from greenroom.migrations.adapters import FittedAdapter
+from greenroom.migrations.schemas import MigrationFollow
+from greenroom.migrations.states import MigrationStage
 from greenroom.registry.weights import ModelInfo
 from greenroom.runtime.base import ReplicaSource, ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
 from greenroom.serving.batching import BatchQueue
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
+from greenroom.serving.shadow import MAX_SHADOW_INPUTS, ShadowRecorder
 from greenroom.serving.tokenizing import CutRule, cut_rule, encode_texts, load_tokenizer
 
 log = logging.getLogger("greenroom.router")
 # Requests whose strings hold more characters are tokenised in a thread (the tokenizer's batch
 # call releases the GIL); smaller ones cost less than the hop (a few milliseconds at most).
 INLINE_TOKENIZE_MAX_CHARS = 2048
+INLINE_ADAPTER_MAX_INPUTS = 64  # larger answers are mapped by the adapter in a thread
 MAX_ATTEMPTS = 2  # a batch whose replica died is retried once on another replica
 LiveSource = Callable[[], Awaitable[None]]
 """Brings the router's live pointers up to date with the store (`RouterSync.refresh`)."""
+PIN_LIVE, PIN_STAGED = "live", "staged"
+SHADOW_PRINCIPAL = "greenroom:shadow"  # shadow items share the staged queue under this name
+TOKEN_IDS_AMBIGUOUS = "token ids are ambiguous during a migration; send text, or use name@live"
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,7 @@ class RevisionRoute:
     broken: set[tuple[str, int]] = field(default_factory=set)  # endpoints that failed us
     batches_in_flight: int = 0
     live_since: float = 0.0
+    added_at: float = field(default_factory=time.time)
     starvation_guard: asyncio.Task[None] | None = None
 
     @property
@@ -99,6 +121,30 @@ class RevisionRoute:
     def in_flight(self) -> int:
         """Items queued plus batches sent: what a drain waits for."""
         return len(self.queue) + self.batches_in_flight
+
+
+@dataclass(eq=False)
+class NameMigration:
+    """What this router follows of one served name's migration: the store's row
+    (`MigrationFollow`), the adapter loaded from it, and the shadow evidence of its staged
+    revision (a new staged revision starts a new recorder)."""
+
+    follow: MigrationFollow
+    adapter: Any = None  # `FittedAdapter.from_bytes(...)`: has `.kind` and `.apply(x)`
+    adapter_id: str | None = None  # the id of `adapter` (None when none is loaded)
+    recorder: ShadowRecorder | None = None
+
+    @property
+    def stage(self) -> MigrationStage:
+        return MigrationStage(self.follow.stage)
+
+    def adapts(self, route: RevisionRoute) -> bool:
+        """Whether vectors computed by `route` are mapped before they answer the served name:
+        under `adapted`, those of every revision but the old one, whose space they answer in."""
+        return (
+            self.stage == MigrationStage.ADAPTED
+            and route.revision_id != self.follow.old_revision_id
+        )
 
 
 class Router:
@@ -113,6 +159,9 @@ class Router:
         self._live: dict[str, RevisionRoute] = {}  # by served name
         self._drained_listeners: list[Callable[[str], None]] = []
         self._live_source: LiveSource | None = None
+        self._migrations: dict[str, NameMigration] = {}  # by served name
+        self._failed_adapters: set[str] = set()  # adapter ids whose parameters did not load
+        self._shadow_tasks: set[asyncio.Task[None]] = set()  # strong references until done
         replicas.subscribe(self._on_replicas_change)
 
     # ----- the live-revision pointer -------------------------------------------------------
@@ -191,8 +240,110 @@ class Router:
         route.queue.fail_all(ServiceUnavailableError("The revision was withdrawn; retry."))
 
     async def close(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        for task in list(self._shadow_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for revision_id in list(self._routes):
             await self.drop_revision(revision_id)
+
+    # ----- migrations: the staged revision, the adapter, shadow traffic ---------------------
+    def set_migration(self, served_name: str, follow: MigrationFollow) -> None:
+        """Follow the served name's migration as the store has it. The staged revision is
+        looked up by id on each request (`add_revision` it first for it to answer); the adapter
+        is loaded once per adapter id; a new staged revision starts a new shadow recorder."""
+        current = self._migrations.get(served_name)
+        adapter, adapter_id = self._load_adapter(follow, current)
+        recorder = current.recorder if current is not None else None
+        staged_id = follow.staged_revision_id
+        if MigrationStage(follow.stage) != MigrationStage.STAGED or staged_id is None:
+            recorder = None
+        elif recorder is None or recorder.staged_revision_id != staged_id:
+            recorder = ShadowRecorder(staged_id, window=self.settings.shadow_window)
+        if current is not None and current.recorder is not None and recorder is None:
+            self.metrics.forget_shadow_gauges(served_name)
+        self._migrations[served_name] = NameMigration(follow, adapter, adapter_id, recorder)
+
+    def clear_migration(self, served_name: str) -> None:
+        """The name is in no migration any more: no staged revision, no adapter, no shadow."""
+        if self._migrations.pop(served_name, None) is not None:
+            self.metrics.forget_shadow_gauges(served_name)
+
+    def _load_adapter(
+        self, follow: MigrationFollow, current: NameMigration | None
+    ) -> tuple[Any, str | None]:
+        row = follow.adapter
+        if row is None:
+            return None, None
+        if current is not None and current.adapter_id == row.id:
+            return current.adapter, current.adapter_id
+        if row.id in self._failed_adapters:
+            return None, None
+        try:
+            return FittedAdapter.from_bytes(row.kind, row.parameters), row.id
+        except Exception:  # a broken row: the adapted name answers 503, never wrong vectors
+            log.exception("the adapter %s of '%s' does not load", row.id, follow.served_name)
+            self._failed_adapters.add(row.id)
+            return None, None
+
+    def migrations(self) -> dict[str, MigrationFollow]:
+        """The migrations this router follows, by served name."""
+        return {name: migration.follow for name, migration in self._migrations.items()}
+
+    def staged(self, served_name: str) -> RevisionRoute | None:
+        """The name's staged revision, once prepared here (`add_revision`)."""
+        migration = self._migrations.get(served_name)
+        staged_id = migration.follow.staged_revision_id if migration is not None else None
+        return self._routes.get(staged_id) if staged_id is not None else None
+
+    def staged_revision_ids(self) -> set[str]:
+        """Every staged revision the followed migrations name, prepared here or not."""
+        return {
+            m.follow.staged_revision_id
+            for m in self._migrations.values()
+            if m.follow.staged_revision_id is not None
+        }
+
+    def pinned_report(self) -> dict[str, dict[str, str | None]]:
+        """What the router report's `pinned` column holds: per followed name, the staged
+        revision this router has prepared and the adapter it has loaded (None for none)."""
+        report: dict[str, dict[str, str | None]] = {}
+        for name, migration in self._migrations.items():
+            staged = self.staged(name)
+            report[name] = {
+                "staged": staged.revision_id if staged is not None else None,
+                "adapter": migration.adapter_id,
+            }
+        return report
+
+    def pinned_routes(self) -> dict[str, RevisionRoute]:
+        """The pinned names that answer now: `name@live` and `name@<live id>` of every live
+        name, `name@staged` and `name@<staged id>` while the staged revision has a ready
+        replica."""
+        pinned: dict[str, RevisionRoute] = {}
+        for name in sorted(self._live.keys() | self._migrations.keys()):
+            if (live := self._live.get(name)) is not None:
+                pinned[f"{name}@{PIN_LIVE}"] = pinned[f"{name}@{live.revision_id}"] = live
+            if (staged := self.staged(name)) is not None and staged.workers:
+                pinned[f"{name}@{PIN_STAGED}"] = pinned[f"{name}@{staged.revision_id}"] = staged
+        return pinned
+
+    def shadow_recorders(self) -> dict[str, ShadowRecorder]:
+        """The shadow recorder of every name with a staged revision, by served name."""
+        return {
+            name: migration.recorder
+            for name, migration in self._migrations.items()
+            if migration.recorder is not None
+        }
+
+    def shadow_pairs(self, served_name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(staged vectors, live vectors) of the name's shadow window, rows paired; None when
+        there are none."""
+        migration = self._migrations.get(served_name)
+        if migration is None or migration.recorder is None:
+            return None
+        return migration.recorder.pairs_arrays()
 
     # ----- requests ------------------------------------------------------------------------
     async def embed(
@@ -204,15 +355,75 @@ class Router:
         principal: str = "",
     ) -> EmbeddingResult:
         """Embed the inputs for `principal` (the token's id), who shares batches and the queue
-        with the other principals (`BatchQueue`); a request that reaches a withdrawn revision
-        is sent again to the live one (module docstring)."""
+        with the other principals (`BatchQueue`). `served_name` may be a pinned name
+        (`name@live`, `name@staged`, `name@<revision id>`): that revision answers, raw, or
+        nothing does. A plain name's request that reaches a withdrawn revision is sent again
+        to the live one, answers through the adapter under `adapted`, and may be shadowed
+        (module docstring)."""
+        name, at, pin = served_name.partition("@")
+        if at:
+            route = self._pinned_route(name, pin, served_name)
+            return await self._embed_on(route, served_name, inputs, dimensions, principal)
+        return await self._embed_served(served_name, inputs, dimensions, principal)
+
+    def _pinned_route(self, name: str, pin: str, model: str) -> RevisionRoute:
+        live, staged = self._live.get(name), self.staged(name)
+        if pin == PIN_LIVE:
+            route = live
+        elif pin == PIN_STAGED:
+            route = staged
+        else:
+            route = next(
+                (r for r in (live, staged) if r is not None and r.revision_id == pin), None
+            )
+        if route is None:
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist: '{name}' has no live or staged revision "
+                f"'{pin}' (pin @live, @staged or the id of its live or staged revision)."
+            )
+        return route
+
+    async def _embed_served(
+        self,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+        dimensions: int | None,
+        principal: str,
+    ) -> EmbeddingResult:
         route = self._live.get(served_name)
         if route is None:
             raise ModelNotFoundError(f"The model '{served_name}' does not exist.")
+        migration = self._migrations.get(served_name)
+        adapted = migration is not None and migration.stage == MigrationStage.ADAPTED
+        if adapted and not isinstance(inputs[0], str):
+            raise InvalidRequestError(TOKEN_IDS_AMBIGUOUS)  # the contract's sentence, verbatim
+        if migration is not None and migration.adapts(route):
+            self._check_adapted_dimensions(route.revision, migration, dimensions)
+        else:
+            self._check_dimensions(route.revision, dimensions)
+        started = time.perf_counter()
+        route, vectors, prompt_tokens = await self._embed_following(
+            route, served_name, inputs, principal
+        )
+        live_latency_s = time.perf_counter() - started
+        result = await self._answer(served_name, route, vectors, prompt_tokens, dimensions)
+        self._maybe_shadow(served_name, route, inputs, vectors, live_latency_s)
+        return result
+
+    async def _embed_following(
+        self,
+        route: RevisionRoute,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+        principal: str,
+    ) -> tuple[RevisionRoute, np.ndarray, int]:
+        """The raw vectors of the revision that computed them (the live one, or the one the
+        name moved to when the first could not serve them) and the prompt tokens."""
         tried = {route.revision_id}
         while True:
             try:
-                return await self._embed_on(route, served_name, inputs, dimensions, principal)
+                vectors, prompt_tokens = await self._compute(route, served_name, inputs, principal)
+                return route, vectors, prompt_tokens
             except ServiceUnavailableError:
                 live = await self._moved_from(route, served_name)
                 if live is None or live.revision_id in tried:
@@ -227,6 +438,43 @@ class Router:
             tried.add(live.revision_id)
             route = live
 
+    async def _answer(
+        self,
+        served_name: str,
+        route: RevisionRoute,
+        vectors: np.ndarray,
+        prompt_tokens: int,
+        dimensions: int | None,
+    ) -> EmbeddingResult:
+        """The served name's answer from `route`'s raw vectors: mapped into the old space when
+        the name is adapted now (NameMigration.adapts), else raw."""
+        migration = self._migrations.get(served_name)
+        if migration is None or not migration.adapts(route):
+            return _result(vectors, prompt_tokens, dimensions, route.revision.embedding_space)
+        row = migration.follow.adapter
+        if migration.adapter is None or row is None or row.revision_id != route.revision_id:
+            raise ServiceUnavailableError(
+                f"'{served_name}' answers through an adapter that this router has not loaded "
+                f"yet; retry shortly (or use {served_name}@live for raw vectors)."
+            )
+        try:
+            if len(vectors) <= INLINE_ADAPTER_MAX_INPUTS:
+                mapped = migration.adapter.apply(vectors)
+            else:
+                mapped = await asyncio.to_thread(migration.adapter.apply, vectors)
+        except ValueError as exc:  # its shapes do not fit this revision: never a 500
+            log.error("the adapter %s does not fit %s: %s", row.id, route.revision_id, exc)
+            raise ServiceUnavailableError(
+                f"The adapter of '{served_name}' does not fit its live revision; use "
+                f"{served_name}@live for raw vectors, or fit the adapter again."
+            ) from exc
+        mapped = np.asarray(mapped, dtype=np.float32)
+        if row.target_normalize:
+            mapped = _l2_normalised(mapped)
+        self.metrics.adapter_inputs.labels(served_name).inc(len(mapped))
+        space = row.target_embedding_space
+        return _result(mapped, prompt_tokens, dimensions, lambda d: _space_of(space, d))
+
     async def _embed_on(
         self,
         route: RevisionRoute,
@@ -235,31 +483,126 @@ class Router:
         dimensions: int | None,
         principal: str,
     ) -> EmbeddingResult:
-        """Embed the inputs with one revision; 503 when it cannot serve them."""
+        """Embed the inputs with one revision, in its raw space; 503 when it cannot."""
         revision = route.revision
         self._check_dimensions(revision, dimensions)
+        vectors, prompt_tokens = await self._compute(route, served_name, inputs, principal)
+        return _result(vectors, prompt_tokens, dimensions, revision.embedding_space)
+
+    async def _compute(
+        self,
+        route: RevisionRoute,
+        served_name: str,
+        inputs: list[str] | list[list[int]],
+        principal: str,
+    ) -> tuple[np.ndarray, int]:
+        """One revision's raw vectors of the inputs and their prompt tokens; 503 when it has
+        no ready replica."""
         token_ids = await self._tokenize(route, inputs)
         if not route.workers:
             raise ServiceUnavailableError(
                 f"No ready replica for '{served_name}' right now; retry shortly."
             )
+        vectors = await self._dispatch(route, token_ids, principal)
+        return vectors, sum(len(ids) for ids in token_ids)
+
+    async def _dispatch(
+        self, route: RevisionRoute, token_ids: list[np.ndarray], principal: str
+    ) -> np.ndarray:
         loop = asyncio.get_running_loop()
         ticket = RequestTicket(principal)
         items = [EmbeddingItem(ids, loop.create_future(), ticket) for ids in token_ids]
         route.queue.put(items)
         try:
-            vectors = np.stack(await asyncio.gather(*(item.future for item in items)))
+            return np.stack(await asyncio.gather(*(item.future for item in items)))
         finally:
             for item in items:
                 item.future.cancel()  # a client that left frees its queued items
-        if dimensions:
-            vectors = vectors[:, :dimensions]
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return EmbeddingResult(
-            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            prompt_tokens=sum(len(ids) for ids in token_ids),
-            embedding_space=revision.embedding_space(dimensions),
+
+    # ----- shadow traffic ------------------------------------------------------------------
+    def _maybe_shadow(
+        self,
+        served_name: str,
+        route: RevisionRoute,
+        inputs: list[str] | list[list[int]],
+        live_vectors: np.ndarray,
+        live_latency_s: float,
+    ) -> None:
+        """Sample the answered request for shadow traffic (per request, at the stored
+        fraction) and start its shadow in the background; never raises, never waits."""
+        try:
+            migration = self._migrations.get(served_name)
+            recorder = migration.recorder if migration is not None else None
+            staged = self.staged(served_name)
+            if migration is None or recorder is None or staged is None or staged is route:
+                return
+            if staged.revision_id != recorder.staged_revision_id or not staged.workers:
+                return
+            if not isinstance(inputs[0], str) and staged.tokenizer_key != route.tokenizer_key:
+                return  # token ids of another vocabulary: nothing to compare
+            fraction = migration.follow.shadow_fraction
+            if fraction <= 0.0 or random.random() >= fraction:
+                return
+            count = min(len(inputs), MAX_SHADOW_INPUTS)
+            recorder.sampled(count)
+            self.metrics.shadow_requests.labels(served_name).inc()
+            self.metrics.shadow_inputs.labels(served_name).inc(count)
+            if staged.in_flight() > 0:
+                self._drop_shadow(served_name, recorder, count)
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(
+                    served_name,
+                    recorder,
+                    staged,
+                    inputs[:count],
+                    live_vectors[:count].copy(),
+                    live_latency_s,
+                ),
+                name=f"shadow {served_name}",
+            )
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        except Exception:  # the live answer is ready: nothing here may touch it
+            log.exception("sampling a request of '%s' for shadow traffic failed", served_name)
+
+    async def _shadow(
+        self,
+        served_name: str,
+        recorder: ShadowRecorder,
+        staged: RevisionRoute,
+        inputs: list[str] | list[list[int]],
+        live_vectors: np.ndarray,
+        live_latency_s: float,
+    ) -> None:
+        """Embed the sampled inputs with the staged revision, unless its queue is busy (then
+        they are dropped and counted), and record the pairs."""
+        try:
+            token_ids = await self._tokenize(staged, inputs)
+            withdrawn = self._routes.get(staged.revision_id) is not staged
+            if withdrawn or staged.in_flight() > 0 or not staged.workers:
+                self._drop_shadow(served_name, recorder, len(inputs))
+                return
+            started = time.perf_counter()
+            staged_vectors = await self._dispatch(staged, token_ids, SHADOW_PRINCIPAL)
+            staged_latency_s = time.perf_counter() - started
+        except Exception as exc:  # counted: a shadow failure never reaches a client
+            log.debug("a shadow call to %s failed: %s", staged.revision_id, exc)
+            recorder.error()
+            self.metrics.shadow_errors.labels(served_name).inc()
+            return
+        recorder.record(
+            staged_vectors,
+            live_vectors,
+            live_latency_s=live_latency_s,
+            staged_latency_s=staged_latency_s,
         )
+        self.metrics.shadow_latency.labels(served_name, "live").observe(live_latency_s)
+        self.metrics.shadow_latency.labels(served_name, "staged").observe(staged_latency_s)
+
+    def _drop_shadow(self, served_name: str, recorder: ShadowRecorder, count: int) -> None:
+        recorder.drop(count)
+        self.metrics.shadow_dropped_inputs.labels(served_name).inc(count)
 
     async def _moved_from(self, route: RevisionRoute, served_name: str) -> RevisionRoute | None:
         """The revision now live for the name when it is not `route` (asking the live source
@@ -305,7 +648,26 @@ class Router:
         )
 
     def _serves(self, route: RevisionRoute) -> bool:
-        return any(live is route for live in self._live.values())
+        """Whether the route is live or staged for a name: requests are meant to reach it."""
+        return any(live is route for live in self._live.values()) or (
+            route.revision_id in self.staged_revision_ids()
+        )
+
+    @staticmethod
+    def _check_adapted_dimensions(
+        revision: ServedRevision, migration: NameMigration, dimensions: int | None
+    ) -> None:
+        """`dimensions` under `adapted` cut the adapter's output (the old space's dimension)."""
+        row = migration.follow.adapter
+        if dimensions is None or row is None:
+            return
+        if not revision.allow_dimensions:
+            raise InvalidRequestError(
+                f"The model '{revision.served_name}' does not support 'dimensions'; leave it out."
+            )
+        target = _dimension_of(row.target_embedding_space)
+        if target is not None and not 1 <= dimensions <= target:
+            raise InvalidRequestError(f"'dimensions' must be between 1 and {target}.")
 
     @staticmethod
     def _check_dimensions(revision: ServedRevision, dimensions: int | None) -> None:
@@ -475,3 +837,36 @@ class Router:
                 route.starvation_guard = None
 
         route.starvation_guard = asyncio.get_running_loop().create_task(guard())
+
+
+def _result(
+    vectors: np.ndarray,
+    prompt_tokens: int,
+    dimensions: int | None,
+    space_of: Callable[[int | None], str],
+) -> EmbeddingResult:
+    """The answer: vectors cut to `dimensions` (then L2-normalised again) and their space."""
+    if dimensions:
+        vectors = _l2_normalised(vectors[:, :dimensions])
+    return EmbeddingResult(
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        prompt_tokens=prompt_tokens,
+        embedding_space=space_of(dimensions),
+    )
+
+
+def _l2_normalised(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _space_of(space: str, dimensions: int | None) -> str:
+    """An embedding space (`model@hash/dim/norm`) cut to `dimensions` (then L2-normalised)."""
+    if not dimensions:
+        return space
+    head, _, _ = space.rsplit("/", 2) if space.count("/") >= 2 else (space, "", "")
+    return f"{head}/{dimensions}/l2"
+
+
+def _dimension_of(space: str) -> int | None:
+    parts = space.rsplit("/", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None

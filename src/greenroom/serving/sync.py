@@ -15,6 +15,16 @@ request reaches a revision that cannot serve it: a switch this sync missed (its 
 yet, or it was held up) is then followed at once, and the request is sent to the live revision.
 Passes never overlap; concurrent `refresh` calls share one pass.
 
+**Migrations.** Each pass also reads the migrations the store has (`migrations.service.followed`):
+the staged revision of each name is prepared beside the live one and never dropped while it is
+staged, the router follows each name's stage and adapter (`Router.set_migration`), and the
+report says, per name, which staged revision and which adapter this router has (`pinned`): the
+staged deploy and the promotion wait on it. Live pointers and migrations of one pass come from
+one read and are applied without a pause in between, so a promotion's switch (live pointer and
+stage together) is one atomic change for requests here too. Every few seconds
+(`shadow_summary_interval_s`) the router's shadow recorders are summarised into the store
+(`migrations.service.write_shadow_summary`), which the migration API merges.
+
 The store is read through the workloads and registry services (live pointers, revisions, the
 embedding model); the router reports are serving's own rows (`greenroom.serving.models`).
 """
@@ -25,13 +35,16 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from greenroom.migrations import service as migrations_service
+from greenroom.migrations.schemas import MigrationFollow
 from greenroom.registry import service as registry_service
 from greenroom.registry.weights import inspect_model
 from greenroom.runtime.base import ReplicaStatus
@@ -54,6 +67,16 @@ class LivePointer:
     revision: ServedRevision
 
 
+@dataclass
+class StoreView:
+    """What one pass reads from the store, in one session."""
+
+    pointers: list[LivePointer]
+    replicas: dict[str, list[ReplicaStatus]] = field(default_factory=dict)
+    migrations: list[MigrationFollow] = field(default_factory=list)
+    staged: list[ServedRevision] = field(default_factory=list)  # the revisions to prepare
+
+
 def new_router_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -74,7 +97,8 @@ class RouterSync:
         self._topics = (Topic.LIVE,) if replicas is None else (Topic.LIVE, Topic.REPORTED)
         self.router_id = new_router_id()
         self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
-        self._last_report: tuple[dict, dict] | None = None
+        self._last_report: tuple[dict, dict, dict] | None = None
+        self._summaries_written_at = float("-inf")  # monotonic time of the last shadow write
         self._pass_lock = asyncio.Lock()
         self._passes_started = 0
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
@@ -87,6 +111,7 @@ class RouterSync:
             try:
                 await self.sync_once()
                 await self.report()
+                await self.write_shadow_summaries()
             except Exception:  # keep following the store; the next pass retries
                 log.exception("router sync failed")
             await self.signals.wait_any(self._topics)
@@ -108,12 +133,14 @@ class RouterSync:
             await self._follow_store()
 
     async def _follow_store(self) -> None:
-        known = self.router.revision_ids()
-        pointers, reports = await asyncio.to_thread(self._read_store, known)
+        view = await asyncio.to_thread(self._read_store, self.router.revision_ids())
         if self.replicas is not None:
-            self.replicas.update(reports)
+            self.replicas.update(view.replicas)
+        # from here to the drops, no pause: requests see live pointers and stages change together
+        for staged in view.staged:
+            self.router.add_revision(staged)
         live_names = set()
-        for pointer in pointers:
+        for pointer in view.pointers:
             live_names.add(pointer.served_name)
             current = self.router.live(pointer.served_name)
             if current is None or current.revision_id != pointer.revision.revision_id:
@@ -122,30 +149,60 @@ class RouterSync:
                 log.info(
                     "'%s' is now served by %s", pointer.served_name, pointer.revision.revision_id
                 )
+        self._follow_migrations(view.migrations)
         for name in set(self.router.live_routes()) - live_names:
             self.router.remove(name)
             log.info("'%s' is no longer served", name)
-        live_ids = {route.revision_id for route in self.router.live_routes().values()}
-        for revision_id in self.router.revision_ids() - live_ids:
+        kept = {route.revision_id for route in self.router.live_routes().values()}
+        kept |= self.router.staged_revision_ids()
+        for revision_id in self.router.revision_ids() - kept:
             if self.router.in_flight(revision_id) == 0:
                 await self.router.drop_revision(revision_id)
 
-    def _read_store(
-        self, known: set[str]
-    ) -> tuple[list[LivePointer], dict[str, list[ReplicaStatus]]]:
-        """The live pointers and, when feeding a `StoreReplicas`, the replica reports of the
-        live revisions and of those the router still knows (draining ones)."""
+    def _follow_migrations(self, follows: list[MigrationFollow]) -> None:
+        followed = self.router.migrations()
+        for follow in follows:
+            before = followed.get(follow.served_name)
+            self.router.set_migration(follow.served_name, follow)
+            if before is None or (before.stage, before.staged_revision_id) != (
+                follow.stage,
+                follow.staged_revision_id,
+            ):
+                log.info(
+                    "'%s' is in a migration: %s (staged %s)",
+                    follow.served_name,
+                    follow.stage,
+                    follow.staged_revision_id,
+                )
+        for name in followed.keys() - {follow.served_name for follow in follows}:
+            self.router.clear_migration(name)
+            log.info("'%s' is in no migration any more", name)
+
+    def _read_store(self, known: set[str]) -> StoreView:
+        """The live pointers, the migrations with their staged revisions and, when feeding a
+        `StoreReplicas`, the replica reports of the live and staged revisions and of those the
+        router still knows (draining ones)."""
         with self.store.session_scope() as session:
-            pointers = [
-                LivePointer(live.served_name, self._served_revision(session, revision))
-                for live, revision in workloads_service.live_pointers(session)
-            ]
-            reports: dict[str, list[ReplicaStatus]] = {}
+            view = StoreView(
+                pointers=[
+                    LivePointer(live.served_name, self._served_revision(session, revision))
+                    for live, revision in workloads_service.live_pointers(session)
+                ],
+                migrations=migrations_service.followed(session),
+            )
+            staged_ids = {f.staged_revision_id for f in view.migrations if f.staged_revision_id}
+            for revision in workloads_service.revisions_by_id(session, revision_ids=staged_ids):
+                try:
+                    view.staged.append(self._served_revision(session, revision))
+                except Exception:  # its weights are unreadable: the live names keep following
+                    log.exception("the staged revision %s cannot be prepared", revision.id)
             if self.replicas is not None:
-                wanted = known | {pointer.revision.revision_id for pointer in pointers}
+                wanted = known | staged_ids | {p.revision.revision_id for p in view.pointers}
                 revisions = workloads_service.revisions_by_id(session, revision_ids=wanted)
-                reports = {r.id: replicas_from_report(r.id, r.replicas or []) for r in revisions}
-            return pointers, reports
+                view.replicas = {
+                    r.id: replicas_from_report(r.id, r.replicas or []) for r in revisions
+                }
+            return view
 
     def _served_revision(self, session: Session, revision: Revision) -> ServedRevision:
         if known := self._known.get(revision.id):
@@ -170,18 +227,57 @@ class RouterSync:
     async def report(self) -> None:
         live = {name: route.revision_id for name, route in self.router.live_routes().items()}
         in_flight = {rid: self.router.in_flight(rid) for rid in self.router.revision_ids()}
-        await asyncio.to_thread(self._write_report, live, in_flight)
-        if (live, in_flight) != self._last_report:
-            self._last_report = (live, in_flight)
+        pinned = self.router.pinned_report()
+        await asyncio.to_thread(self._write_report, live, in_flight, pinned)
+        if (live, in_flight, pinned) != self._last_report:
+            self._last_report = (live, in_flight, pinned)
             self.signals.notify(Topic.ROUTERS)
 
-    def _write_report(self, live: dict[str, str], in_flight: dict[str, int]) -> None:
+    def _write_report(
+        self, live: dict[str, str], in_flight: dict[str, int], pinned: dict[str, dict]
+    ) -> None:
         with self.store.session_scope() as session:
             report = session.get(RouterReport, self.router_id)
             if report is None:
                 report = RouterReport(router_id=self.router_id)
                 session.add(report)
-            report.live, report.in_flight, report.heartbeat_at = live, in_flight, utcnow()
+            report.live, report.in_flight, report.pinned = live, in_flight, pinned
+            report.heartbeat_at = utcnow()
+
+    async def write_shadow_summaries(self, *, force: bool = False) -> None:
+        """Write the summary of each shadow recorder to the store, at most every
+        `shadow_summary_interval_s` (unless `force`), and set the shadow gauges."""
+        now = time.monotonic()
+        interval = self.router.settings.shadow_summary_interval_s
+        if not force and now - self._summaries_written_at < interval:
+            return
+        self._summaries_written_at = now
+        summaries = {
+            name: await recorder.summary()
+            for name, recorder in self.router.shadow_recorders().items()
+        }
+        self._set_shadow_gauges(summaries)
+        if summaries:
+            await asyncio.to_thread(self._write_summaries, summaries)
+
+    def _set_shadow_gauges(self, summaries: dict[str, dict]) -> None:
+        metrics = self.router.metrics
+        for name, summary in summaries.items():
+            for gauge, key in (
+                (metrics.shadow_neighbour_overlap, "neighbour_overlap_at_10"),
+                (metrics.shadow_mean_cosine, "mean_cosine"),
+            ):
+                if summary[key] is None:
+                    gauge.labels(name).set(float("nan"))
+                else:
+                    gauge.labels(name).set(summary[key])
+
+    def _write_summaries(self, summaries: dict[str, dict]) -> None:
+        with self.store.session_scope() as session:
+            for name, summary in summaries.items():
+                migrations_service.write_shadow_summary(
+                    session, served_name=name, router_id=self.router_id, summary=summary
+                )
 
     def forget_report(self) -> None:
         """On shutdown: a router that stops must not hold up drains."""

@@ -15,7 +15,7 @@ from greenroom.auth.deps import CurrentPrincipal
 from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.serving.items import EmbeddingResult
-from greenroom.serving.router import Router
+from greenroom.serving.router import RevisionRoute, Router
 from greenroom.serving.schemas import EmbeddingRequest, parse_embedding_request
 
 api_router = APIRouter(tags=["embeddings"])
@@ -72,7 +72,8 @@ async def create_embeddings(
         payload = parse_embedding_request(
             body, max_items=request.app.state.settings.max_input_items
         )
-        label = payload.model
+        # a pinned name counts under its served name: label sets never grow with revision ids
+        label = payload.model.partition("@")[0]
         result = await router.embed(
             payload.model,
             payload.inputs(),
@@ -96,13 +97,22 @@ async def create_embeddings(
 
 
 @api_router.get("/v1/models")
-async def list_models(router: RouterDep) -> JSONResponse:
-    """The served names that are live now."""
+async def list_models(router: RouterDep, pinned: bool = False) -> JSONResponse:
+    """The served names that are live now; with `pinned=true` also the pinned names that answer
+    now (`name@live`, `name@<live revision id>`, and while a revision is staged and ready
+    `name@staged`, `name@<staged revision id>`)."""
+    routes = sorted(router.live_routes().items())
+    if pinned:
+        routes += list(router.pinned_routes().items())
     data = [
-        {"id": name, "object": "model", "created": int(route.live_since), "owned_by": "greenroom"}
-        for name, route in sorted(router.live_routes().items())
+        {"id": name, "object": "model", "created": _created(route), "owned_by": "greenroom"}
+        for name, route in routes
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+def _created(route: RevisionRoute) -> int:
+    return int(route.live_since or route.added_at)
 
 
 def render_embeddings(request: EmbeddingRequest, result: EmbeddingResult) -> bytes:
