@@ -126,13 +126,21 @@ class Settings(BaseSettings):
     drain_grace_s: float = 30.0
     compatibility_threshold: float = 0.99
     smoke_latency_bound_s: float = 5.0
+    # Embedding migrations (docs/migrations.md): the bounds an adapter's held-out evaluation must
+    # reach before an adapted promotion; the shadow pairs each API process keeps per served name
+    # and how often it writes their summary to the store; the `nice` value of staged replicas.
+    adapter_min_mean_cosine: float = Field(default=0.8, ge=-1.0, le=1.0)
+    adapter_min_neighbour_overlap: float = Field(default=0.5, ge=0.0, le=1.0)
+    shadow_window: int = Field(default=2000, ge=10, le=20000)
+    shadow_summary_interval_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    staged_nice: int = Field(default=10, ge=0, le=19)
     # TEST ONLY, off by default: "<kind>:<step>" (e.g. "deploy:start_green", "delete:stop"). The
     # task runner kills its own process with SIGKILL right after step <step> of a <kind> task
-    # (deploy | delete) is recorded finished in the store, so the crash tests can stop a worker
-    # at every step boundary. Never set it in production.
+    # (deploy | delete | promote | finish | abort) is recorded finished in the store, so the
+    # crash tests can stop a worker at every step boundary. Never set it in production.
     test_crash_at: str | None = Field(
         default=None,
-        pattern=r"^(deploy|delete):[a-z_]+$",
+        pattern=r"^(deploy|delete|promote|finish|abort):[a-z_]+$",
         description="test only: SIGKILL the worker right after this '<kind>:<step>' is recorded",
     )
     # Registration: how long the load check of a new model may take.

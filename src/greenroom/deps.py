@@ -23,7 +23,9 @@ def get_db_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-DbSession = Annotated[Session, Depends(get_db_session)]
+# scope="function": the session commits before the response is sent (FastAPI's default runs a
+# yield dependency's exit after it), so a client that reads what it just wrote finds it.
+DbSession = Annotated[Session, Depends(get_db_session, scope="function")]
 
 
 def notify_workers_after_commit(request: Request, db_session: Session) -> None:

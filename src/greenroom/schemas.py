@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -35,6 +35,9 @@ NAME_PART = r"(?:\.*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})"
 NAME_PATTERN = rf"^{NAME_PART}$"
 PROJECT_PATTERN = rf"^{NAME_PART}(?:/{NAME_PART})*$"
 SERVED_NAME_PATTERN = rf"^(?:{NAME_PART}/)?{NAME_PART}$"  # `name` or `workspace/name`
+# How a deploy brings its revision in: `green` switches to it, `staged` brings it up beside the
+# live one without traffic (an embedding migration, docs/api/migrations.md).
+Strategy = Literal["green", "staged"]
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NAME_PATTERN)]
 Project = Annotated[str, Field(min_length=1, max_length=255, pattern=PROJECT_PATTERN)]
 # Free text: bounded, and without NUL, which PostgreSQL cannot store (a 500 otherwise).

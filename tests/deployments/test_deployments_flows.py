@@ -83,6 +83,29 @@ def test_a_new_version_queues_the_next_deploy_task(db_session: Session) -> None:
     first_task, second_task = all_tasks(db_session)
     assert second_task.created_at > first_task.created_at
     assert second_task.task_metadata["deployment_revision_id"] == second.revision_id
+    assert "strategy" not in second_task.task_metadata  # green, as a deploy always was
+
+
+def test_a_staged_version_queues_a_staged_deploy(db_session: Session) -> None:
+    deployments_flows.create_deployment(
+        db_session,
+        workspace=WS,
+        deployment_in=DeploymentCreate(name="d", config="c"),
+        principal=ALICE,
+        deployment_target="local",
+    )
+    staged = deployments_flows.create_deployment_version(
+        db_session,
+        workspace=WS,
+        name="d",
+        deployment_in=DeploymentUpdate(config="c", strategy="staged"),
+        principal=BOB,
+        deployment_target="local",
+    )
+    task = all_tasks(db_session)[-1]
+    assert task.task_metadata["deployment_revision_id"] == staged.revision_id
+    assert task.task_metadata["strategy"] == "staged"
+    assert task.request["strategy"] == "staged"
 
 
 def test_delete_queues_the_delete_task_of_the_served_name(db_session: Session) -> None:

@@ -1,5 +1,7 @@
 """The rollout's test control plane: store (SQLite and PostgreSQL), fake runtime with real ONNX
-engines, the supervisor's reconcile loop, the router following the store, and a task runner."""
+engines, the supervisor's reconcile loop, the router following the store, and a task runner;
+with what the embedding migration's tests ask of it (a staged deploy, promote / finish / abort
+tasks, the migration's row, an adapter stored as a fit would store it)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from greenroom.config import Settings
 from greenroom.deployments.models import Deployment, DeploymentConfig
 from greenroom.errors import ModelNotFoundError
 from greenroom.metrics import Metrics
+from greenroom.migrations import service as migrations_service
+from greenroom.migrations.adapters import LoadedAdapter
 from greenroom.registry.models import EmbeddingModel
 from greenroom.registry.weights import content_hash, inspect_model
 from greenroom.rollout.runner import TaskRunner
@@ -66,6 +70,61 @@ class ControlPlane:
         task_id = self.run_task("delete")
         await self.runner(task_id)
         return self.task(task_id)
+
+    async def stage(self, **metadata: Any) -> Task:
+        """A staged deploy of the model's latest config (`"strategy": "staged"`)."""
+        return await self.deploy(strategy="staged", **metadata)
+
+    async def run(self, kind: str, **metadata: Any) -> Task:
+        """A task of any kind (promote, finish, abort …), run to its end."""
+        task_id = self.run_task(kind, **metadata)
+        await self.runner(task_id)
+        return self.task(task_id)
+
+    def migration(self) -> tuple[str, str | None, str | None]:
+        """The model's migration: (stage, staged revision, old revision)."""
+        with self.store.session_scope() as session:
+            row = migrations_service.get_migration(session, served_name=MODEL)
+            stage = migrations_service.stage_of(session, served_name=MODEL)
+            if row is None:
+                return stage, None, None
+            return stage, row.staged_revision_id, row.old_revision_id
+
+    def store_adapter(
+        self, *, staged_id: str, mean_cosine: float = 0.95, overlap: float = 0.9, seed: int = 0
+    ) -> str:
+        """A ridge adapter from the staged revision's space into the live one's, stored as a
+        fit stores it, with the evaluation given (the map itself is random: the tests check
+        where vectors go, not how well). Its id."""
+        live_route = self.router.live(MODEL)
+        assert live_route is not None
+        live = live_route.revision
+        source_dim = self.revision_dimension(staged_id)
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((source_dim, live.info.dimension)).astype(np.float32)
+        parameters = {"weight": weight, "bias": np.zeros(live.info.dimension, np.float32)}
+        with self.store.session_scope() as session:
+            adapter = migrations_service.store_adapter(
+                session,
+                served_name=MODEL,
+                revision_id=staged_id,
+                target_revision_id=live.revision_id,
+                kind="ridge",
+                parameters=LoadedAdapter("ridge", parameters).to_bytes(),
+                evaluation={
+                    "kind": "ridge",
+                    "pairs": 400,
+                    "held_out": 80,
+                    "mean_cosine": mean_cosine,
+                    "neighbour_overlap_at_10": overlap,
+                },
+                target_embedding_space=live.embedding_space(),
+                target_normalize=live.info.normalize,
+            )
+            return adapter.id
+
+    def revision_dimension(self, revision_id: str) -> int:
+        return inspect_model(Path(self.revision(revision_id).model_path)).dimension
 
     def context(self, task_id: str) -> StepContext:
         """What a step of this task gets, as the runner builds it (for a step run alone)."""

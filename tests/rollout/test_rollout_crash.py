@@ -1,4 +1,5 @@
-"""A `greenroom worker` killed (SIGKILL) at every step boundary of a deploy and of a delete.
+"""A `greenroom worker` killed (SIGKILL) at every step boundary of a deploy, of a delete and of
+an embedding migration's promotion.
 
 One `greenroom serve` (worker disabled, local runtime, the tiny models) serves every case.
 In each case a worker started with `GREENROOM_TEST_CRASH_AT="<kind>:<step>"` kills itself right
@@ -18,8 +19,10 @@ at the next step. Traffic flows to the served names the whole time. Each case th
 
 Deploys alternate between two configs of the same tiny model, so every deploy is a real change
 (a new revision, a green beside the blue). Each delete case deletes a served name of its own,
-deployed when the module starts. On PostgreSQL (`GREENROOM_TEST_DATABASE_URL`) the processes
-share the session's test database; otherwise a SQLite file. Workers are started ahead and run
+deployed when the module starts. Each promote case stages a new revision of one served name
+(a staged deploy, run by the worker that will die) and promotes it raw. On PostgreSQL
+(`GREENROOM_TEST_DATABASE_URL`) the processes share the session's test database; otherwise a
+SQLite file. Workers are started ahead and run
 on cue (`tests/crash/worker_on_cue.py`), so a case does not wait for their imports. `pytest -s`
 prints each case's time.
 """
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
 from sqlalchemy import select
 
-from greenroom.rollout.plan import DELETE_STEPS, DEPLOY_STEPS
+from greenroom.migrations import service as migrations_service
+from greenroom.rollout.plan import DELETE_STEPS, DEPLOY_STEPS, PROMOTE_STEPS
 from greenroom.store.db import Base, Store
 from greenroom.tasks.models import Task
 from greenroom.workloads.models import LiveRevision, Revision
@@ -57,10 +61,17 @@ LEASE_S = "3"  # a killed worker's lease runs out fast, so the next one takes ov
 DEADLINE_S = 120.0
 DEPLOYED = "crash"  # the served name every deploy case rolls out
 STEADY = "steady"  # a served name no case touches: its traffic must never notice a crash
+MIGRATED = "migr"  # the served name every promote case stages and promotes
 CONFIGS = ({"max_batch_size": 8}, {"max_batch_size": 16})
 WORKER_ON_CUE = Path(__file__).resolve().parents[1] / "crash" / "worker_on_cue.py"
 DEPLOY_BOUNDARIES = [str(step) for step in DEPLOY_STEPS]
 DELETE_BOUNDARIES = [str(step) for step in DELETE_STEPS]
+# After `finish` a take-over only ends the task, as after a deploy's `finish` (cased above); a
+# promote case costs a staged deploy besides, so that boundary is left to the deploy's.
+# The boundaries where a promotion's state is between two worlds (replicas restarted at normal
+# priority, the live pointer moved); the others resume through the deploy cases' code paths,
+# and each promote case costs a staged deploy plus a restart (about 25 s): the suite stays short.
+PROMOTE_BOUNDARIES = [str(step) for step in PROMOTE_STEPS if step in {"start_live", "switch"}]
 CASE_TIMES: dict[str, float] = {}
 
 
@@ -216,7 +227,7 @@ def cluster(
         running.start_serve()
         setup = running.spawn_worker("worker-setup")
         running.cue_worker("worker-setup")
-        names = [DEPLOYED, STEADY, *(deleted_name(step) for step in DELETE_BOUNDARIES)]
+        names = [DEPLOYED, STEADY, MIGRATED, *(deleted_name(step) for step in DELETE_BOUNDARIES)]
         for name in names:
             call(
                 "POST",
@@ -408,14 +419,22 @@ def live_revision(cluster: Cluster, served_name: str) -> str | None:
 
 
 def crash_then_take_over(
-    cluster: Cluster, case: str, kind: str, step: str, body: dict[str, Any]
+    cluster: Cluster,
+    case: str,
+    kind: str,
+    step: str,
+    body: dict[str, Any],
+    prepare: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Submit the task to a worker that dies at the boundary, check it died there, start a
-    second worker and return the task as it ended."""
+    second worker and return the task as it ended. `prepare(worker)` runs first, once the
+    worker that will die runs (a staged deploy for it to run before the promotion)."""
     crashing_name, taking_over_name = f"worker-{case}-crash", f"worker-{case}-takeover"
     crashing = cluster.spawn_worker(crashing_name, crash_at=f"{kind}:{step}")
     taking_over = cluster.spawn_worker(taking_over_name)
     cluster.cue_worker(crashing_name)
+    if prepare is not None:
+        prepare(crashing_name)
     task_id = call("POST", f"{cluster.base}{TASKS}/{kind}", json=body)["id"]
     seen: dict[str, Any] = {}
 
@@ -495,3 +514,46 @@ def test_a_delete_survives_a_worker_killed_after(cluster: Cluster, step: str) ->
     assert traffic.failures == []
     assert all(traffic.sent.values()), traffic.sent
     CASE_TIMES[f"delete {step}"] = time.monotonic() - started
+
+
+def stage_next_config(cluster: Cluster, worker: str) -> str:
+    """A staged deploy of MIGRATED's next config, run to its end by `worker`: the staged
+    revision."""
+    body = {"embedding_model_id": MIGRATED, "config": cluster.next_config(), "strategy": "staged"}
+    task_id = call("POST", f"{cluster.base}{TASKS}/deploy", json=body)["id"]
+    task = wait_task(cluster, "deploy", task_id, worker)
+    assert (task["status"], task["metadata"]["result"]) == ("done", "staged"), task
+    return task["metadata"]["revision_id"]
+
+
+def stage_of(cluster: Cluster, served_name: str) -> str:
+    with cluster.store.session_scope() as session:
+        return str(migrations_service.stage_of(session, served_name=served_name))
+
+
+@pytest.mark.parametrize("step", PROMOTE_BOUNDARIES)
+def test_a_promotion_survives_a_worker_killed_after(cluster: Cluster, step: str) -> None:
+    started = time.monotonic()
+    blue = live_revision(cluster, MIGRATED)
+    staged: list[str] = []
+    body = {"embedding_model_id": MIGRATED, "mode": "raw"}
+    with Traffic(cluster.base, [MIGRATED, STEADY]) as traffic:
+        final = crash_then_take_over(
+            cluster,
+            f"promote-{step}",
+            "promote",
+            step,
+            body,
+            prepare=lambda worker: staged.append(stage_next_config(cluster, worker)),
+        )
+        traffic.stop()
+    assert_all_steps_finished(final)
+    assert final["metadata"]["result"] == "promoted"
+    assert final["metadata"]["revision_id"] == staged[0] != blue
+    assert live_revision(cluster, MIGRATED) == staged[0]
+    assert stage_of(cluster, MIGRATED) == "none"
+    assert_no_task_unfinished(cluster)
+    assert_no_orphan(cluster)
+    assert traffic.failures == []
+    assert all(traffic.sent.values()), traffic.sent
+    CASE_TIMES[f"promote {step}"] = time.monotonic() - started

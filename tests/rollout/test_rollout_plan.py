@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from greenroom.rollout import plan, steps
+from greenroom.rollout import migration_steps, plan, steps
 from greenroom.rollout.plan import (
     DELETE_PLAN,
     DEPLOY_PLAN,
@@ -14,7 +14,7 @@ from greenroom.rollout.plan import (
     plan_of,
     with_message,
 )
-from greenroom.tasks.schemas import StepStatus
+from greenroom.tasks.schemas import StepStatus, TaskMetadata
 
 
 def test_the_deploy_plan_is_design_md_s_steps_in_order() -> None:
@@ -84,3 +84,39 @@ def test_with_message_changes_only_that_step() -> None:
     assert updated[4].message == "waiting for router(s) r1 to serve green"
     assert updated[4].started_at == records[4].started_at
     assert [r.message for r in updated[:4]] == [None] * 4
+
+
+def test_the_plans_of_an_embedding_migration() -> None:
+    """docs/api/migrations.md: each task's steps in order; a deploy's and an abort's plan follow
+    its metadata."""
+    staged = plan_of("deploy", TaskMetadata(strategy="staged"))
+    assert staged is plan.STAGED_DEPLOY_PLAN
+    assert [s.name for s in staged] == [
+        "snapshot", "start_green", "smoke_test", "compatibility_gate", "stage", "finish",
+    ]  # fmt: skip
+    assert plan_of("deploy", TaskMetadata(strategy="green")) is DEPLOY_PLAN
+    assert plan_of("promote") is plan.PROMOTE_PLAN
+    assert plan.PROMOTE_STEPS == ["gate", "start_live", "switch", "drain_blue", "finish"]
+    assert [s.name for s in plan_of("finish")] == ["switch_space", "retire_adapter", "finish"]
+    assert [s.name for s in plan_of("abort", TaskMetadata(abort_of="staged"))] == [
+        "withdraw_staged",
+        "finish",
+    ]
+    adapted = plan_of("abort", TaskMetadata(abort_of="adapted"))
+    assert [s.name for s in adapted] == plan.DEPLOY_STEPS
+
+
+def test_what_a_migration_s_failure_rolls_back() -> None:
+    """A promotion's gate and start_live keep the staged revision staged (and say so); an
+    abort's rollback withdraws the old model's new revision before its switch, never after."""
+    promote = {s.name: s for s in plan.PROMOTE_PLAN}
+    for name in ("gate", "start_live"):
+        assert promote[name].rolls_back and promote[name].undo is migration_steps.keep_staged
+        assert promote[name].failure_note == plan.STAYS_STAGED
+    assert not any(promote[name].rolls_back for name in ("switch", "drain_blue", "finish"))
+    adapted = plan_of("abort", TaskMetadata(abort_of="adapted"))
+    assert [s.name for s in adapted if s.rolls_back] == [
+        "snapshot", "start_green", "smoke_test", "compatibility_gate",
+    ]  # fmt: skip
+    assert {s.undo for s in adapted} == {None}  # the deploy's roll back: withdraw green
+    assert not any(s.rolls_back for s in plan.FINISH_PLAN + plan.ABORT_STAGED_PLAN)

@@ -51,12 +51,14 @@ def test_create_deploy_task(db_session: Session) -> None:
         "config": "m1",
         "config_version": 1,
         "allow_embedding_space_change": False,
+        "strategy": "green",
     }
     assert task.request == {
         "embedding_model_id": "m1",
         "id": None,
         "config": {},
         "allow_embedding_space_change": False,
+        "strategy": "green",
     }
 
 

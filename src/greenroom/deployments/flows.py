@@ -33,6 +33,7 @@ from greenroom.deployments.schemas import (
 )
 from greenroom.deployments.states import DELETION_STATUSES, DeploymentStatus
 from greenroom.registry import service as registry_service
+from greenroom.schemas import Strategy
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.schemas import TaskKind
 from greenroom.workloads import service as workloads_service
@@ -197,7 +198,11 @@ def create_deployment_version(
         policy=policy,
     )
     _queue_rollout(
-        db_session, deployment, initiated_by=principal.name, deployment_target=deployment_target
+        db_session,
+        deployment,
+        initiated_by=principal.name,
+        deployment_target=deployment_target,
+        strategy=deployment_in.strategy,
     )
     return deployment
 
@@ -285,7 +290,12 @@ def live_revisions(
 
 
 def _queue_rollout(
-    db_session: Session, deployment: Deployment, *, initiated_by: str, deployment_target: str
+    db_session: Session,
+    deployment: Deployment,
+    *,
+    initiated_by: str,
+    deployment_target: str,
+    strategy: Strategy = "green",
 ) -> None:
     config = deployments_configs.get_config_or_raise(
         db_session,
@@ -300,6 +310,7 @@ def _queue_rollout(
         deployment_revision_id=deployment.revision_id,
         initiated_by=initiated_by,
         deployment_target=deployment_target,
+        strategy=strategy,
     )
     log.info(
         "deployment %s version %d: deploy task %s queued",

@@ -26,6 +26,7 @@ from greenroom.schemas import (
     Name,
     Pagination,
     Project,
+    Strategy,
     UtcDateTime,
     shown_envs,
 )
@@ -159,6 +160,11 @@ class DeploymentCreate(BaseModel):
 class DeploymentUpdate(BaseModel):
     config: Name
     config_version: ConfigVersion | None = None
+    strategy: Strategy = Field(
+        default="green",
+        description="`staged`: the new version comes up beside the live one without traffic "
+        "(an embedding migration); `green` switches to it",
+    )
 
 
 class DeploymentStatusUpdate(BaseModel):

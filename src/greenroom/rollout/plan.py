@@ -1,11 +1,17 @@
-"""The rollout's whole machine in two lists: the named steps of a deploy and of a delete, in
-order, each naming the function that runs it and whether a failure there rolls back.
+"""The rollout's whole machine in a few lists: the named steps of a deploy and of a delete, and
+of an embedding migration's tasks (a staged deploy, promote, finish, abort: docs/api/
+migrations.md), in order, each naming the function that runs it and whether a failure there
+rolls back (and what rolling back means there).
 
 `greenroom.rollout.runner` runs a list: it records a step `running` before it starts and
 `done` / `skipped` / `failed` after, resumes at the first step that is not finished (every step
 is idempotent, so a worker that takes over an expired lease continues where the dead one
 stopped), and on a failure before the switch rolls back (withdraws green; blue never stopped
 serving). A failure from the switch on cannot undo the switch: the task fails, green serves.
+
+A promotion that fails before its switch leaves the staged revision staged (its priority back to
+low); an abort after an adapted promotion is a rollback's deploy steps (the old revision's
+snapshot brought back), whose switch also ends the migration.
 """
 
 from __future__ import annotations
@@ -15,16 +21,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from greenroom.rollout import steps
+from greenroom.rollout import migration_steps, steps
 from greenroom.store.db import utcnow
-from greenroom.tasks.schemas import StepRecord, StepStatus, TaskKind
+from greenroom.tasks.schemas import StepRecord, StepStatus, TaskKind, TaskMetadata
 
 __all__ = [
+    "ABORT_ADAPTED_PLAN",
+    "ABORT_STAGED_PLAN",
     "DELETE_PLAN",
     "DELETE_STEPS",
     "DEPLOY_PLAN",
     "DEPLOY_STEPS",
+    "FINISH_PLAN",
+    "PROMOTE_PLAN",
+    "PROMOTE_STEPS",
+    "STAGED_DEPLOY_PLAN",
     "DeleteStep",
+    "MigrationStep",
     "RolloutStep",
     "Step",
     "StepStatus",
@@ -52,17 +65,31 @@ class DeleteStep(StrEnum):
     FINISH = "finish"
 
 
+class MigrationStep(StrEnum):
+    STAGE = "stage"  # staged deploy: the new revision is the staged one, routers follow it
+    GATE = "gate"  # promote: the compatibility gate (raw) or the adapter's evaluation (adapted)
+    START_LIVE = "start_live"  # promote: the staged replicas restarted at normal priority
+    SWITCH_SPACE = "switch_space"  # finish: the served name answers with raw vectors
+    RETIRE_ADAPTER = "retire_adapter"
+    WITHDRAW_STAGED = "withdraw_staged"  # abort while staged
+
+
 StepFunction = Callable[[steps.StepContext], Awaitable[steps.StepOutcome]]
+UndoFunction = Callable[[steps.StepContext, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Step:
     """One named step: the function that runs it, and whether its failure rolls back (only
-    before the switch: blue still serves, so withdrawing green undoes the deploy)."""
+    before the switch: blue still serves, so withdrawing green undoes the deploy). `undo` is
+    what rolling back means for it (default: withdraw green); `failure_note` is appended to
+    the task's `detail` when it fails (what stays as it was)."""
 
     name: str
     run: StepFunction
     rolls_back: bool = False
+    undo: UndoFunction | None = None
+    failure_note: str | None = None
 
 
 DEPLOY_PLAN: tuple[Step, ...] = (
@@ -80,12 +107,73 @@ DELETE_PLAN: tuple[Step, ...] = (
     Step(DeleteStep.STOP, steps.stop_deleted),
     Step(DeleteStep.FINISH, steps.finish_delete),
 )
+STAGED_DEPLOY_PLAN: tuple[Step, ...] = (
+    *DEPLOY_PLAN[:4],  # snapshot … compatibility_gate (which only measures for a staged deploy)
+    Step(
+        MigrationStep.STAGE,
+        migration_steps.stage,
+        rolls_back=True,
+        undo=migration_steps.roll_back_unless_staged,
+    ),
+    Step(RolloutStep.FINISH, migration_steps.finish_staged),
+)
+STAYS_STAGED = "The staged revision stays staged; the live revision serves as before."
+PROMOTE_PLAN: tuple[Step, ...] = (
+    Step(
+        MigrationStep.GATE,
+        migration_steps.promotion_gate,
+        rolls_back=True,
+        undo=migration_steps.keep_staged,
+        failure_note=STAYS_STAGED,
+    ),
+    Step(
+        MigrationStep.START_LIVE,
+        migration_steps.start_live,
+        rolls_back=True,
+        undo=migration_steps.keep_staged,
+        failure_note=STAYS_STAGED,
+    ),
+    Step(RolloutStep.SWITCH, migration_steps.switch_promoted),
+    Step(RolloutStep.DRAIN_BLUE, steps.drain_blue),
+    Step(RolloutStep.FINISH, migration_steps.finish_promoted),
+)
+FINISH_PLAN: tuple[Step, ...] = (
+    Step(MigrationStep.SWITCH_SPACE, migration_steps.switch_space),
+    Step(MigrationStep.RETIRE_ADAPTER, migration_steps.retire_adapter),
+    Step(RolloutStep.FINISH, migration_steps.finish_migration),
+)
+ABORT_STAGED_PLAN: tuple[Step, ...] = (
+    Step(MigrationStep.WITHDRAW_STAGED, migration_steps.withdraw_staged),
+    Step(RolloutStep.FINISH, migration_steps.finish_abort),
+)
+STAYS_ADAPTED = "The migration stays adapted: the promoted revision serves through the adapter."
+ABORT_ADAPTED_PLAN: tuple[Step, ...] = (
+    *(
+        Step(step.name, step.run, rolls_back=True, failure_note=STAYS_ADAPTED)
+        for step in DEPLOY_PLAN[:4]  # snapshot (of the old revision) … compatibility_gate
+    ),
+    Step(RolloutStep.SWITCH, migration_steps.switch_back),
+    Step(RolloutStep.DRAIN_BLUE, steps.drain_blue),
+    Step(RolloutStep.FINISH, migration_steps.finish_abort),
+)
 DEPLOY_STEPS = [step.name for step in DEPLOY_PLAN]
 DELETE_STEPS = [step.name for step in DELETE_PLAN]
+PROMOTE_STEPS = [step.name for step in PROMOTE_PLAN]
 
 
-def plan_of(kind: str) -> tuple[Step, ...]:
-    return DEPLOY_PLAN if kind == TaskKind.DEPLOY else DELETE_PLAN
+def plan_of(kind: str, metadata: TaskMetadata | None = None) -> tuple[Step, ...]:
+    """The steps a task of this kind runs; a deploy's and an abort's depend on its metadata
+    (`strategy`; `abort_of`)."""
+    metadata = metadata or TaskMetadata()
+    if kind == TaskKind.DELETE:
+        return DELETE_PLAN
+    if kind == TaskKind.PROMOTE:
+        return PROMOTE_PLAN
+    if kind == TaskKind.FINISH:
+        return FINISH_PLAN
+    if kind == TaskKind.ABORT:
+        return ABORT_ADAPTED_PLAN if metadata.abort_of == "adapted" else ABORT_STAGED_PLAN
+    return STAGED_DEPLOY_PLAN if metadata.strategy == "staged" else DEPLOY_PLAN
 
 
 def initial_steps(plan: tuple[Step, ...]) -> list[StepRecord]:

@@ -2,11 +2,15 @@
 
 A step is recorded `running` before it starts and `done`/`skipped`/`failed` after, with its
 timings, in the task's `metadata.steps` (through the tasks service); a take-over resumes at the
-first unfinished step. A failure in a step that `rolls_back` withdraws green (blue untouched)
-and fails the task. The task's end is fenced by its lease (`tasks.leases.end`).
+first unfinished step. A failure in a step that `rolls_back` runs its `undo` (by default:
+withdraw green, blue untouched) and fails the task, its `detail` the step's sentence and the
+step's `failure_note` (what stays as it was). The plan is the task's kind's and, for a deploy
+and an abort, its metadata's (`plan.plan_of`). The task's end is fenced by its lease
+(`tasks.leases.end`).
 
 Test only: `Settings.test_crash_at` ("<kind>:<step>") makes the runner SIGKILL its own process
-right after that step of a task of that kind is recorded finished in the store.
+right after that step of a task of that kind (deploy, delete, promote, finish, abort) is
+recorded finished in the store.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class TaskRunner:
         if loaded is None:
             return
         kind, ctx = loaded
-        plan = plan_of(kind)
+        plan = plan_of(kind, ctx.metadata)
         by_name = {step.name: step for step in plan}
         records = ctx.metadata.steps or initial_steps(plan)
         if failed := next((r for r in records if r.status is StepStatus.FAILED), None):
@@ -102,6 +106,7 @@ class TaskRunner:
             task_id=task_id,
             served_name=served_name,
             metadata=metadata,
+            kind=kind,
         )
         return kind, ctx
 
@@ -134,15 +139,18 @@ class TaskRunner:
     async def _fail(
         self, ctx: StepContext, records: list[StepRecord], step: Step, message: str
     ) -> None:
+        """Record the step failed, roll back when it does (its own `undo`, else withdraw
+        green) and fail the task; its `detail` says what stays as it was."""
         records = await self._record(ctx, mark(records, step.name, StepStatus.FAILED, message))
         self._observe(records, step.name)
         if step.rolls_back:
             try:
-                await steps.roll_back(ctx, message)
+                await (step.undo or steps.roll_back)(ctx, message)
             except Exception:
                 log.exception("rolling back task %s failed", ctx.task_id)
         await ctx.save(result="failed")
-        await self._end(ctx, TaskStatus.FAILED, message, "failed")
+        detail = f"{message} {step.failure_note}" if step.failure_note else message
+        await self._end(ctx, TaskStatus.FAILED, detail, "failed")
 
     async def _end(
         self, ctx: StepContext, status: TaskStatus, detail: str | None, result: str

@@ -3,7 +3,12 @@ process and never writes another domain's rows: it asks the domain services (wor
 revisions and the live pointer, deployments for versions and their status, the tasks service
 for its own metadata) to record desired state, and waits for the state the runtime and the
 routers report (docs/architecture.md). Every step is idempotent, so a worker that takes
-over a task runs an interrupted step again."""
+over a task runs an interrupted step again.
+
+The deploy's steps also serve an embedding migration (docs/api/migrations.md): a staged deploy
+(`metadata.strategy == "staged"`) runs them with low-priority replicas and a gate that only
+measures; an abort after an adapted promotion runs them to bring the old model back. The
+migration's own steps are in `greenroom.rollout.migration_steps`."""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from greenroom.deployments import configs as deployments_configs
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.states import DeploymentStatus
 from greenroom.errors import GreenroomError, NotFoundError
+from greenroom.migrations import service as migrations_service
+from greenroom.migrations.states import MigrationStage
 from greenroom.registry import service as registry_service
 from greenroom.registry.weights import inspect_model
 from greenroom.rollout.probes import ProbeError, embed_probes, mean_cosine, smoke_problem
@@ -31,7 +38,7 @@ from greenroom.serving import reports
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store
 from greenroom.tasks import service as tasks_service
-from greenroom.tasks.schemas import Compatibility, StepRecord, StepStatus, TaskMetadata
+from greenroom.tasks.schemas import Compatibility, StepRecord, StepStatus, TaskKind, TaskMetadata
 from greenroom.workloads import service as workloads_service
 from greenroom.workloads.schemas import RevisionSnapshot
 from greenroom.workloads.states import RevisionPhase
@@ -77,6 +84,7 @@ class StepContext:
     task_id: str
     served_name: str
     metadata: TaskMetadata
+    kind: str = TaskKind.DEPLOY  # the task's kind: a migration's abort reuses the deploy's steps
     step: str | None = None  # the step running now (its progress goes to its record)
     green_probe: np.ndarray | None = None  # the smoke test's vectors, reused by the gate
 
@@ -152,6 +160,7 @@ def _snapshot_and_record(session: Session, ctx: StepContext) -> tuple[StepOutcom
 def _snapshot(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict[str, Any]]:
     workspace, name = split_served_name(ctx.served_name)
     meta = ctx.metadata
+    _check_stage(session, ctx)
     latest = deployments_service.get_latest_deployment(session, workspace=workspace, name=name)
     requested = _requested_version(session, meta)  # pre-created by the deployments API
     if meta.rollback_of:
@@ -164,7 +173,19 @@ def _snapshot(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict[str
         wanted = _snapshot_of_config(session, ctx.settings, config)
     live = workloads_service.get_live(session, served_name=ctx.served_name)
     blue = workloads_service.get_revision(session, revision_id=live.revision_id) if live else None
-    if blue is not None and requested is None and wanted.matches(blue) and blue.ready_replicas:
+    staged = is_staged_deploy(ctx)
+    if staged and blue is None:
+        raise StepFailed(
+            f"`{ctx.served_name}` has no live revision to stage a revision beside: deploy it "
+            'with "strategy": "green" first'
+        )
+    if (
+        blue is not None
+        and not staged  # a staged revision is always a new one beside the live one
+        and requested is None
+        and wanted.matches(blue)
+        and blue.ready_replicas
+    ):
         unchanged = {"revision_id": blue.id, "deployment_id": blue.deployment_id}
         message = "this exact revision is already live and healthy"
         return StepOutcome(StepStatus.DONE, message, unchanged=True), unchanged
@@ -195,6 +216,32 @@ def _snapshot(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict[str
         "deployment_id": deployment.id,
         "config_version": config.entity_version,
     }
+
+
+def is_staged_deploy(ctx: StepContext) -> bool:
+    return ctx.kind == TaskKind.DEPLOY and ctx.metadata.strategy == "staged"
+
+
+def _check_stage(session: Session, ctx: StepContext) -> None:
+    """The migration's stage, checked again now that the task runs (it may have changed while
+    the task was pending): a plain deploy or a rollback needs none; a staged deploy none or
+    staged; an abort's rollback the adapted stage it was asked for."""
+    stage = migrations_service.stage_of(session, served_name=ctx.served_name)
+    if ctx.kind == TaskKind.ABORT:
+        migration = migrations_service.get_migration(session, served_name=ctx.served_name)
+        old = migration.old_revision_id if migration is not None else None
+        if stage is not MigrationStage.ADAPTED or old != ctx.metadata.rollback_of:
+            raise StepFailed(
+                f"`{ctx.served_name}` is no longer adapted to revision {ctx.metadata.rollback_of} "
+                f"(stage {stage}): there is nothing to abort"
+            )
+        return
+    strategy = ctx.metadata.strategy or "green"
+    refusal = tasks_service.migration_refusal(
+        served_name=ctx.served_name, stage=stage, strategy=strategy
+    )
+    if refusal:
+        raise StepFailed(refusal)
 
 
 def principal_of(meta: TaskMetadata) -> Principal:
@@ -285,8 +332,12 @@ def _snapshot_of_config(session: Session, settings: Settings, config: Any) -> Re
 
 
 async def start_green(ctx: StepContext) -> StepOutcome:
-    revision_id = _green(ctx)
-    wanted = await ctx.db(lambda s: workloads_service.want_replicas(s, revision_id=revision_id))
+    revision_id = green_of(ctx)
+    # A staged revision's replicas yield the CPU to the live ones (shadow traffic, re-indexing)
+    priority = "low" if is_staged_deploy(ctx) else None
+    wanted = await ctx.db(
+        lambda s: workloads_service.want_replicas(s, revision_id=revision_id, priority=priority)
+    )
     ctx.signals.notify(Topic.DESIRED)
     timeout = ctx.settings.rollout_ready_timeout_s
     if await ctx.wait_until(Topic.REPORTED, lambda s: _ready(s, revision_id), timeout) is None:
@@ -307,7 +358,7 @@ def _ready(session: Session, revision_id: str) -> bool | None:
 
 
 async def smoke_test(ctx: StepContext) -> StepOutcome:
-    green = await ctx.db(_probe_target, _green(ctx))
+    green = await ctx.db(_probe_target, green_of(ctx))
     try:
         result = await embed_probes(green.model_path, green.replicas, secret=green.secret)
     except ProbeError as exc:
@@ -340,26 +391,37 @@ def _probe_target(session: Session, revision_id: str) -> ProbeTarget:
     revision = workloads_service.get_revision_or_fail(session, revision_id=revision_id)
     model = registry_service.get(session, embedding_model_id=revision.embedding_model_id)
     info = inspect_model(Path(revision.model_path))
+    # The registered dimension while the model still has the revision's weights; a revision
+    # snapshotted from other weights (a rollback, an abort's old model) has its own.
+    registered = model is not None and model.content_hash == revision.content_hash
     return ProbeTarget(
         model_path=Path(revision.model_path),
         replicas=list(revision.replicas),
         secret=revision.replica_secret,
-        dimension=model.dimension if model else info.dimension,
+        dimension=model.dimension if model is not None and registered else info.dimension,
         normalize=info.normalize,
     )
 
 
 async def compatibility_gate(ctx: StepContext) -> StepOutcome:
+    """Blue's and green's probe vectors compared. A staged deploy only measures (its revision
+    takes no live traffic: the promotion decides); an abort after an adapted promotion skips
+    it (the served name answered in the old revision's space all along)."""
     blue_id = ctx.metadata.previous_revision_id
     threshold = ctx.settings.compatibility_threshold
+    staged = is_staged_deploy(ctx)
+    if ctx.kind == TaskKind.ABORT:
+        return skipped("the served name answers in this revision's space already (adapted)")
     if not blue_id:
         return skipped("no live revision to compare with")
     try:
         green_vectors = ctx.green_probe
         if green_vectors is None:  # resumed after a take-over: probe green again
-            green_vectors = await _probe(ctx, _green(ctx))
+            green_vectors = await _probe(ctx, green_of(ctx))
         blue_vectors = await _probe(ctx, blue_id)
     except ProbeError as exc:
+        if staged:
+            return skipped(f"not measured: cannot compare with the live revision: {exc}")
         raise StepFailed(f"Cannot compare blue and green: {exc}.") from exc
     cosine = mean_cosine(blue_vectors, green_vectors)
     reindex = cosine is None or cosine < threshold
@@ -370,11 +432,24 @@ async def compatibility_gate(ctx: StepContext) -> StepOutcome:
         )
     )
     shown = "different dimensions" if cosine is None else f"mean cosine {cosine:.3f}"
+    if staged:
+        if reindex:
+            return done(
+                f"measured: embedding space differs ({shown}, threshold {threshold}); promote "
+                "adapted, or raw with allow_embedding_space_change and a re-index"
+            )
+        return done(f"measured: compatible ({shown}); a raw promotion keeps every index")
     if reindex and not ctx.metadata.allow_embedding_space_change:
+        advice = (
+            'promote with allow_embedding_space_change: true and re-index, or promote with "mode": '
+            '"adapted"'
+            if ctx.kind == TaskKind.PROMOTE
+            else "deploy with allow_embedding_space_change: true and re-index, or keep the live "
+            "model"
+        )
         raise StepFailed(
             f"The new vectors are not comparable with the live ones ({shown}, threshold "
-            f"{threshold}): every vector index built with the live model would break; deploy "
-            "with allow_embedding_space_change: true and re-index, or keep the live model."
+            f"{threshold}): every vector index built with the live model would break; {advice}."
         )
     if reindex:
         return done(f"embedding space changed ({shown}); re-index vectors (allowed by request)")
@@ -390,7 +465,7 @@ async def switch(ctx: StepContext) -> StepOutcome:
     """Point the served name at green, then wait until every router with a fresh heartbeat
     serves green (a router whose heartbeat goes stale is gone): never done before that, so
     blue is not stopped under a router that still sends to it."""
-    green_id = _green(ctx)
+    green_id = green_of(ctx)
     deployment_id = ctx.metadata.deployment_id or ""
     await ctx.db(
         lambda s: workloads_service.point_live(
@@ -407,12 +482,12 @@ async def drain_blue(ctx: StepContext) -> StepOutcome:
     if not blue_id:
         return skipped("no blue revision")
     drained = await drain(ctx, blue_id)
-    await retire(ctx, blue_id, RevisionPhase.STOPPED, "replaced by " + _green(ctx))
+    await retire(ctx, blue_id, RevisionPhase.STOPPED, "replaced by " + green_of(ctx))
     return done("blue drained and stopped" if drained else "grace period over; blue stopped")
 
 
 async def finish(ctx: StepContext) -> StepOutcome:
-    green_id = _green(ctx)
+    green_id = green_of(ctx)
     await ctx.db(
         lambda s: deployments_service.record_status(
             s, revision_id=green_id, status=DeploymentStatus.READY, message="Deployment is ready"
@@ -422,7 +497,7 @@ async def finish(ctx: StepContext) -> StepOutcome:
     return done()
 
 
-def _green(ctx: StepContext) -> str:
+def green_of(ctx: StepContext) -> str:
     revision_id = ctx.metadata.revision_id
     if not revision_id:
         raise StepFailed("The task has no revision: its snapshot step did not run.")
@@ -459,14 +534,17 @@ def _awaited(session: Session, condition: RouterCondition) -> list[str]:
 
 
 def routes_to(revision_id: str) -> RouterCondition:
-    return lambda report: revision_id in report.live.values()
+    """The router sends requests to the revision: it is live, or staged (pinned names, shadow
+    traffic), for some served name."""
+    return lambda report: reports.serves(report, revision_id)
 
 
 async def drain(ctx: StepContext, revision_id: str) -> bool:
     """Wait until every fresh router has stopped routing to the revision (no bound: a router
     that missed the switch would send to a stopped revision), then, bounded by the grace
     period, until none has a batch in flight to it (a batch that reaches it once withdrawn is
-    retried on the live revision by its router). False when the grace period ran out."""
+    retried on the live revision by its router). False when the grace period ran out. A
+    staged revision counts as routed to while a router still follows it."""
     await routers_confirm(
         ctx, lambda r: not routes_to(revision_id)(r), f"stop routing to {revision_id}"
     )
@@ -495,8 +573,16 @@ def _stopped(session: Session, revision_id: str) -> bool | None:
 
 
 async def roll_back(ctx: StepContext, reason: str) -> None:
-    """Failure before the switch: withdraw green; blue keeps serving untouched."""
+    """Failure before the switch: withdraw green; blue keeps serving untouched. A version the
+    deployments API created for the task, failed before its snapshot, is ERROR too."""
     green_id = ctx.metadata.revision_id
+    requested = ctx.metadata.deployment_revision_id
+    if not green_id and requested:
+        await ctx.db(
+            lambda s: deployments_service.record_status(
+                s, revision_id=requested, status=DeploymentStatus.ERROR, message=reason
+            )
+        )
     if not green_id or ctx.metadata.result == "unchanged":
         return
     if await ctx.db(lambda s: workloads_service.get_revision(s, revision_id=green_id) is None):
@@ -521,38 +607,70 @@ def record_step_in_history(session: Session, revision_id: str, step: StepRecord)
 
 
 async def unroute(ctx: StepContext) -> StepOutcome:
-    if ctx.metadata.revision_id:
+    if ctx.metadata.revision_id or ctx.metadata.staged_revision_id:
         return done("resumed: already unrouted")
-    revision_id = await ctx.db(_unroute, ctx.served_name)
-    if revision_id is None:
+    unrouted = await ctx.db(_unroute_and_record, ctx)
+    if not unrouted:
         return skipped("nothing is live under this name")
-    await ctx.save(revision_id=revision_id)
+    for key, value in unrouted.items():
+        setattr(ctx.metadata, key, value)
     ctx.signals.notify(Topic.LIVE)
-    return done(f"'{ctx.served_name}' removed from the routers")
+    staged = unrouted.get("staged_revision_id")
+    also = f" (its migration ended; staged revision {staged} withdrawn too)" if staged else ""
+    return done(f"'{ctx.served_name}' removed from the routers{also}")
 
 
-def _unroute(session: Session, served_name: str) -> str | None:
-    """Mark the versions DELETING (the latest, and the live one), then drop the live pointer."""
+def _unroute_and_record(session: Session, ctx: StepContext) -> dict[str, str]:
+    """Unroute and record what was live and staged in the task, in one transaction: a
+    take-over never loses the revisions it must withdraw."""
+    unrouted = _unroute(session, ctx.served_name)
+    if unrouted:
+        tasks_service.save_metadata(
+            session, task_id=ctx.task_id, updates=TaskMetadata.model_validate(unrouted)
+        )
+    return unrouted
+
+
+def _unroute(session: Session, served_name: str) -> dict[str, str]:
+    """Mark the versions DELETING (the latest, the live one and a staged one), end the
+    migration (if any), then drop the live pointer; the revisions to withdraw (`revision_id`:
+    the live one, `staged_revision_id`), none when nothing ran."""
     live = workloads_service.get_live(session, served_name=served_name)
+    migration = migrations_service.get_migration(session, served_name=served_name)
+    staged_id = migration.staged_revision_id if migration is not None else None
     deployments_service.mark_deleting(
         session, served_name=served_name, live_revision_id=live.revision_id if live else None
     )
-    return workloads_service.unroute(session, served_name=served_name)
+    if staged_id:
+        staged = deployments_service.get_by_revision(session, revision_id=staged_id)
+        if staged is not None:
+            deployments_service.mark_one_deleting(staged)
+    migrations_service.end(session, served_name=served_name)
+    unrouted = {"staged_revision_id": staged_id} if staged_id else {}
+    if revision_id := workloads_service.unroute(session, served_name=served_name):
+        unrouted["revision_id"] = revision_id
+    return unrouted
+
+
+def _deleted_revisions(ctx: StepContext) -> list[str]:
+    meta = ctx.metadata
+    return [rid for rid in (meta.revision_id, meta.staged_revision_id) if rid]
 
 
 async def drain_deleted(ctx: StepContext) -> StepOutcome:
-    revision_id = ctx.metadata.revision_id
-    if not revision_id:
+    revision_ids = _deleted_revisions(ctx)
+    if not revision_ids:
         return skipped("nothing to drain")
-    drained = await drain(ctx, revision_id)
-    return done("drained" if drained else "grace period over")
+    drained = [await drain(ctx, revision_id) for revision_id in revision_ids]
+    return done("drained" if all(drained) else "grace period over")
 
 
 async def stop_deleted(ctx: StepContext) -> StepOutcome:
-    revision_id = ctx.metadata.revision_id
-    if not revision_id:
+    revision_ids = _deleted_revisions(ctx)
+    if not revision_ids:
         return skipped("nothing to stop")
-    await retire(ctx, revision_id, RevisionPhase.STOPPED, "deployment deleted")
+    for revision_id in revision_ids:
+        await retire(ctx, revision_id, RevisionPhase.STOPPED, "deployment deleted")
     return done("replicas stopped")
 
 

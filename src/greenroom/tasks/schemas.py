@@ -5,7 +5,7 @@ attributes, and it is stored and shown as the JSON object the API has always sho
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Protocol, Self
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import (
     AliasChoices,
@@ -16,7 +16,13 @@ from pydantic import (
     model_serializer,
 )
 
-from greenroom.schemas import SERVED_NAME_PATTERN, TEXT_PATTERN, ConfigOverrides, UtcDateTime
+from greenroom.schemas import (
+    SERVED_NAME_PATTERN,
+    TEXT_PATTERN,
+    ConfigOverrides,
+    Strategy,
+    UtcDateTime,
+)
 from greenroom.tasks.models import Task
 from greenroom.tasks.states import TaskStatus
 
@@ -37,6 +43,12 @@ class ConfigVersion(Protocol):
 class TaskKind(StrEnum):
     DEPLOY = "deploy"
     DELETE = "delete"
+    PROMOTE = "promote"  # an embedding migration's staged revision becomes live
+    FINISH = "finish"  # after an adapted promotion: the served name answers with raw vectors
+    ABORT = "abort"  # withdraw the staged revision, or bring the old model back
+
+
+PromotionMode = Literal["raw", "adapted"]
 
 
 ServedName = Annotated[
@@ -100,15 +112,25 @@ class Compatibility(BaseModel):
 class TaskMetadata(BaseModel):
     """A task's `metadata`. Every key is optional and only the keys set are stored or shown, so
     a task's JSON has exactly the keys its life gave it (a fresh deploy: `deployment_target`,
-    `initiated_by`, `workspace`, `config`, `config_version`, `allow_embedding_space_change`).
+    `initiated_by`, `workspace`, `config`, `config_version`, `allow_embedding_space_change`,
+    `strategy`).
 
-    Deploy: `deployment_revision_id` (the deployments API's version it rolls out), `rollback_of`,
-    `revision_id`, `previous_revision_id`, `deployment_id`, `compatibility`, `result`. Delete:
-    `deletion_type`, `reason`, `revision_id` (what was live). Both: `steps`.
+    Deploy: `strategy` (`green` or `staged`), `deployment_revision_id` (the deployments API's
+    version it rolls out), `rollback_of`, `revision_id`, `previous_revision_id`, `deployment_id`,
+    `compatibility`, `result`; a staged deploy also `replaced_staged_revision_id` (the staged
+    revision it replaced). Delete: `deletion_type`, `reason`, `revision_id` (what was live),
+    `staged_revision_id` (what was staged). Promote: `mode`, `allow_embedding_space_change`,
+    `revision_id` (the staged revision it makes live), `previous_revision_id` (the live one it
+    retires), `deployment_id`, `compatibility` (raw) or `adapter_id` (adapted). Finish:
+    `revision_id` (the live revision), `adapter_id`. Abort: `abort_of` (`staged` or `adapted`),
+    then `revision_id` (the staged revision withdrawn), or the keys of a rollback's deploy
+    (`rollback_of`: the old revision brought back). Every kind: `steps`; `revision_id` names the
+    revision whose deployment version's history records the steps.
 
     Stored but not shown (`HIDDEN`): the principal's id and scopes, which the version the
-    snapshot step creates records, and the config overrides a deploy request gave, which become
-    a config version only when the task runs (`config_version` is shown from then on).
+    snapshot step creates records, the config overrides a deploy request gave, which become
+    a config version only when the task runs (`config_version` is shown from then on), and the
+    replica ports a promotion's `start_live` saw before it restarted the replicas.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
@@ -132,9 +154,16 @@ class TaskMetadata(BaseModel):
     principal_id: str | None = None
     principal_groups: list[str] | None = None
     config_overrides: dict[str, Any] | None = None
+    strategy: Strategy | None = None
+    mode: PromotionMode | None = None
+    abort_of: Literal["staged", "adapted"] | None = None
+    staged_revision_id: str | None = None
+    replaced_staged_revision_id: str | None = None
+    adapter_id: str | None = None
+    replica_ports_before: list[int] | None = None
 
     HIDDEN: ClassVar[frozenset[str]] = frozenset(
-        {"principal_id", "principal_groups", "config_overrides"}
+        {"principal_id", "principal_groups", "config_overrides", "replica_ports_before"}
     )
 
     @classmethod
@@ -158,6 +187,11 @@ class ModelDeploymentRequest(BaseModel):
         description="flat overrides, stored as a new config version when the task runs",
     )
     allow_embedding_space_change: bool = False
+    strategy: Strategy = Field(
+        default="green",
+        description="`staged`: bring the new revision up beside the live one without traffic "
+        "(an embedding migration's first stage)",
+    )
 
 
 class ModelDeletionRequest(BaseModel):
@@ -174,6 +208,33 @@ class RollbackRequest(BaseModel):
     allow_embedding_space_change: bool = Field(
         default=False, description="the earlier revision's vectors may differ from the live ones"
     )
+
+
+class PromoteRequest(BaseModel):
+    """Make the staged revision live: `raw` (the served name answers in the new space) or
+    `adapted` (the new model's vectors mapped into the old space by the fitted adapter)."""
+
+    embedding_model_id: ServedName
+    id: ClientTaskId | None = None
+    mode: PromotionMode
+    allow_embedding_space_change: bool = Field(
+        default=False,
+        description="raw only: let vectors that are not comparable with the live ones take over",
+    )
+
+
+class FinishRequest(BaseModel):
+    """After an adapted promotion: the served name answers with the new model's raw vectors."""
+
+    embedding_model_id: ServedName
+    id: ClientTaskId | None = None
+
+
+class AbortRequest(BaseModel):
+    """Withdraw the staged revision, or, after an adapted promotion, bring the old model back."""
+
+    embedding_model_id: ServedName
+    id: ClientTaskId | None = None
 
 
 class TaskResponse(BaseModel):

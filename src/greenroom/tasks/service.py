@@ -1,6 +1,7 @@
-"""Deploy and delete tasks: store (idempotent on a client id), read, find the latest, cancel,
-and keep their metadata. The tasks domain's own rows only: what a deploy needs from other
-domains (its config, its rollback target) is resolved in `greenroom.tasks.flows`.
+"""Deploy, delete, promote, finish and abort tasks: store (idempotent on a client id), read, find
+the latest, cancel, and keep their metadata. The tasks domain's own rows only: what a task needs
+from other domains (its config, its rollback target, a migration's stage) is resolved in
+`greenroom.tasks.flows`.
 
 Plain functions, keyword-only arguments led by `db_session`; they flush and never commit. A
 client-chosen `id` is the task's id verbatim, and the primary key makes a retried request
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from greenroom.errors import ConflictError, GreenroomError, NotFoundError
-from greenroom.schemas import served_name, split_served_name
+from greenroom.schemas import Strategy, served_name, split_served_name
 from greenroom.store.db import utcnow
 from greenroom.tasks.models import Task
 from greenroom.tasks.schemas import ConfigVersion, TaskKind, TaskMetadata
@@ -32,14 +33,28 @@ STORE_ATTEMPTS = 3
 NOT_FOUND = {
     TaskKind.DEPLOY: "Deployment task with ID `{}` is not found",
     TaskKind.DELETE: "Deletion task with ID `{}` is not found",
+    TaskKind.PROMOTE: "Promotion task with ID `{}` is not found",
+    TaskKind.FINISH: "Finish task with ID `{}` is not found",
+    TaskKind.ABORT: "Abort task with ID `{}` is not found",
 }
 LATEST_NOT_FOUND = {
     TaskKind.DEPLOY: "Deployment task with embedding model ID `{}` is not found",
     TaskKind.DELETE: "Deletion task with embedding model ID `{}` is not found",
+    TaskKind.PROMOTE: "Promotion task with embedding model ID `{}` is not found",
+    TaskKind.FINISH: "Finish task with embedding model ID `{}` is not found",
+    TaskKind.ABORT: "Abort task with embedding model ID `{}` is not found",
 }
+# The kinds whose tasks change what a served name serves (a delete withdraws it instead).
+ROLLOUT_KINDS = frozenset({TaskKind.DEPLOY, TaskKind.PROMOTE, TaskKind.FINISH, TaskKind.ABORT})
+# A plain deploy or a rollback of a served name in an embedding migration cannot run: it would
+# replace the live revision under the staged one (or the adapter's target space).
+IN_MIGRATION = "`{name}` is in a migration ({stage}): promote, finish or abort it first"
 STORE_FAILED = {
     TaskKind.DEPLOY: "Failed to create and send model deployment task",
     TaskKind.DELETE: "Failed to create and send model deletion task",
+    TaskKind.PROMOTE: "Failed to create and send model promotion task",
+    TaskKind.FINISH: "Failed to create and send model finish task",
+    TaskKind.ABORT: "Failed to create and send model abort task",
 }
 
 
@@ -112,13 +127,14 @@ def unfinished(db_session: Session, *, served_name: str) -> list[Task]:
 
 
 def is_rolling_out(db_session: Session, *, served_name: str) -> bool:
-    """Whether a deploy task of the served name is running now (`processing`)."""
+    """Whether a task that changes what the served name serves (a deploy, or a migration's
+    promote, finish or abort) is running now (`processing`)."""
     running = db_session.scalar(
         select(func.count())
         .select_from(Task)
         .where(
             Task.embedding_model_id == canonical(served_name),
-            Task.kind == TaskKind.DEPLOY,
+            Task.kind.in_([kind.value for kind in ROLLOUT_KINDS]),
             Task.status == TaskStatus.PROCESSING,
         )
     )
@@ -130,6 +146,50 @@ def names_revision(task: Task, revision_id: str) -> bool:
     the revision its rollout created (or, for a delete, withdraws)."""
     metadata = TaskMetadata.of(task.task_metadata)
     return revision_id in (metadata.deployment_revision_id, metadata.revision_id)
+
+
+def migration_refusal(*, served_name: str, stage: str, strategy: str) -> str | None:
+    """Why a deploy of `strategy` cannot run while the served name is at `stage` of an
+    embedding migration, or None: a plain deploy (or a rollback) needs stage `none`; a staged
+    one `none` or `staged` (it replaces the staged revision). Asked when the task is stored and
+    again when it runs."""
+    if stage == "none" or (strategy == "staged" and stage == "staged"):
+        return None
+    if strategy == "staged":
+        return (
+            f"`{served_name}` is in a migration ({stage}): finish or abort it before staging "
+            "another revision"
+        )
+    return IN_MIGRATION.format(name=served_name, stage=stage)
+
+
+def no_staged_revision(name: str, stage: str) -> str:
+    """Why a served name cannot be promoted now, and what to do (409, and the gate's failure)."""
+    if stage == "adapted":
+        return (
+            f"`{name}` has no staged revision: it is promoted already (adapted); finish or "
+            "abort the migration"
+        )
+    return f'`{name}` has no staged revision: deploy it with "strategy": "staged" first'
+
+
+def not_adapted(name: str, stage: str) -> str:
+    """Why a served name cannot be finished now, and what to do."""
+    if stage == "staged":
+        return (
+            f'`{name}` is not adapted (it is staged): promote it with "mode": "adapted" first, '
+            "or promote it raw (nothing to finish then)"
+        )
+    return (
+        f"`{name}` is not adapted: there is no adapted promotion to finish (a migration ends "
+        'with a raw promotion, or with finish after "mode": "adapted")'
+    )
+
+
+def migration_path(name: str) -> str:
+    """The migration API's path of a served name (`default` names the default workspace)."""
+    workspace, short_name = split_served_name(name)
+    return f"/v1/migrations/{workspace}/{short_name}"
 
 
 def metadata_of(task: Task) -> TaskMetadata:
@@ -169,10 +229,12 @@ def queue_deploy(
     deployment_revision_id: str,
     initiated_by: str = "admin",
     deployment_target: str = "local",
+    strategy: Strategy = "green",
 ) -> Task:
     """The deploy task of a deployment version that the deployments API created: the same kind
     of task as a Tasks API deploy, whose rollout snapshots that version
-    (`deployment_revision_id`) with its config version."""
+    (`deployment_revision_id`) with its config version. `strategy="staged"` stages it beside
+    the live revision (an embedding migration) instead of switching to it."""
     name = canonical(served_name)
     metadata = deploy_metadata(
         config,
@@ -182,6 +244,9 @@ def queue_deploy(
     )
     metadata.deployment_revision_id = deployment_revision_id
     body = {"embedding_model_id": name, "deployment_revision_id": deployment_revision_id}
+    if strategy != "green":  # a green deploy's task looks as it always has
+        metadata.strategy = strategy
+        body["strategy"] = strategy
     return new_task(db_session, kind=TaskKind.DEPLOY, name=name, body=body, metadata=metadata)
 
 

@@ -1,4 +1,5 @@
-"""The Deployment Tasks API (docs/api/tasks.md), under `/internal/inference-deployment`.
+"""The Deployment Tasks API (docs/api/tasks.md), under `/internal/inference-deployment`, with
+the embedding migration's tasks (docs/api/migrations.md): promote, finish, abort.
 
 Thin views: parse, call one service function, shape the response. Workers are woken through the
 `TASKS` signal once the session that created or canceled a task has committed.
@@ -17,12 +18,16 @@ from greenroom.schemas import TEXT_PATTERN
 from greenroom.tasks import flows as tasks_flows
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.schemas import (
+    AbortRequest,
+    FinishRequest,
     ModelDeletionRequest,
     ModelDeletionResponse,
     ModelDeploymentRequest,
     ModelDeploymentResponse,
+    PromoteRequest,
     RollbackRequest,
     TaskKind,
+    TaskResponse,
 )
 
 api_router = APIRouter(prefix="/internal/inference-deployment", tags=["tasks"])
@@ -155,6 +160,85 @@ def cancel_delete_task(
     task = tasks_service.cancel(db_session, task_id=task_id, kind=TaskKind.DELETE)
     notify_workers_after_commit(request, db_session)
     return ModelDeletionResponse.from_task(task)
+
+
+# ----- embedding migrations: promote, finish, abort ---------------------------------------------
+
+
+@api_router.post("/promote", response_model=TaskResponse, responses=DELETE_ERRORS)
+def promote(
+    body: PromoteRequest, db_session: DbSession, request: Request, principal: CurrentPrincipal
+) -> TaskResponse:
+    """A `promote-…` task: the staged revision becomes live, raw or adapted."""
+    task = tasks_flows.create_promote_task(db_session, request=body, principal=principal)
+    notify_workers_after_commit(request, db_session)
+    return TaskResponse.from_task(task)
+
+
+@api_router.post("/finish", response_model=TaskResponse, responses=DELETE_ERRORS)
+def finish(
+    body: FinishRequest, db_session: DbSession, request: Request, principal: CurrentPrincipal
+) -> TaskResponse:
+    """A `finish-…` task: after an adapted promotion, the served name answers raw."""
+    task = tasks_flows.create_finish_task(db_session, request=body, principal=principal)
+    notify_workers_after_commit(request, db_session)
+    return TaskResponse.from_task(task)
+
+
+@api_router.post("/abort", response_model=TaskResponse, responses=DELETE_ERRORS)
+def abort(
+    body: AbortRequest, db_session: DbSession, request: Request, principal: CurrentPrincipal
+) -> TaskResponse:
+    """An `abort-…` task: the staged revision withdrawn, or the old model brought back."""
+    task = tasks_flows.create_abort_task(
+        db_session,
+        request=body,
+        principal=principal,
+        policy=tasks_flows.config_policy(_settings(request)),
+        deployment_target=_settings(request).runtime,
+    )
+    notify_workers_after_commit(request, db_session)
+    return TaskResponse.from_task(task)
+
+
+def _add_task_routes(kind: TaskKind) -> None:
+    """`GET /{kind}/{task_id}`, `GET /{kind}-status/{embedding_model_id}` and
+    `POST /{kind}/{task_id}/cancel` of a migration kind: the same as deploy's."""
+
+    def get_task(task_id: TaskId, db_session: DbSession) -> TaskResponse:
+        return TaskResponse.from_task(
+            tasks_service.get_or_raise(db_session, task_id=task_id, kind=kind)
+        )
+
+    def get_latest_task(embedding_model_id: ServedNamePath, db_session: DbSession) -> TaskResponse:
+        return TaskResponse.from_task(
+            tasks_service.get_latest_or_raise(
+                db_session, embedding_model_id=embedding_model_id, kind=kind
+            )
+        )
+
+    def cancel_task(task_id: TaskId, db_session: DbSession, request: Request) -> TaskResponse:
+        task = tasks_service.cancel(db_session, task_id=task_id, kind=kind)
+        notify_workers_after_commit(request, db_session)
+        return TaskResponse.from_task(task)
+
+    api_router.add_api_route(
+        f"/{kind}/{{task_id}}", get_task, methods=["GET"], response_model=TaskResponse,
+        name=f"get_{kind}_task", summary=f"Get a {kind} task",
+    )  # fmt: skip
+    api_router.add_api_route(
+        f"/{kind}-status/{{embedding_model_id:path}}", get_latest_task, methods=["GET"],
+        response_model=TaskResponse, name=f"get_latest_{kind}_task",
+        summary=f"Get the latest {kind} task of a model",
+    )  # fmt: skip
+    api_router.add_api_route(
+        f"/{kind}/{{task_id}}/cancel", cancel_task, methods=["POST"], response_model=TaskResponse,
+        responses=CONFLICT, name=f"cancel_{kind}_task", summary=f"Cancel a pending {kind} task",
+    )  # fmt: skip
+
+
+for _kind in (TaskKind.PROMOTE, TaskKind.FINISH, TaskKind.ABORT):
+    _add_task_routes(_kind)
 
 
 def _settings(request: Request) -> Settings:
