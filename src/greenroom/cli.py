@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import logging
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TextIO, TypeVar
 
+import click
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Column, Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from greenroom.auth.scopes import Scope
-from greenroom.client import DEFAULT_URL, ClientError, GreenroomClient, default_token
+from greenroom.client import (
+    DEFAULT_URL,
+    MAX_SAMPLE_CHARS,
+    MAX_SAMPLES_KEPT,
+    ClientError,
+    GreenroomClient,
+    default_token,
+    sample_chunks,
+)
 
 app = typer.Typer(
     help="greenroom: green deployments and an OpenAI-compatible endpoint for embedding models.",
@@ -355,13 +372,23 @@ def deploy(
         bool,
         typer.Option(help="Let vectors that are not comparable with the live ones take over."),
     ] = False,
+    stage: Annotated[
+        bool,
+        typer.Option(
+            "--stage",
+            help="Stage the new revision beside the live one without live traffic (an "
+            "embedding migration's first stage); then `greenroom migration M`, `greenroom "
+            "promote M` or `greenroom migration abort M`.",
+        ),
+    ] = False,
     wait: Wait = False,
     server: Server = DEFAULT_URL,
 ) -> None:
-    """Deploy the model's latest config as a green rollout; prints the task id."""
+    """Deploy the model's latest config as a green rollout (or staged); prints the task id."""
     client = _client(server)
+    overrides = _parse_sets(set_ or [])
     task = _call(
-        lambda: client.deploy(model, _parse_sets(set_ or []), allow_embedding_space_change)
+        lambda: client.deploy(model, overrides, allow_embedding_space_change, staged=stage)
     )
     _after_submit(client, task, wait)
 
@@ -471,11 +498,24 @@ def _report_end(task: dict[str, Any]) -> None:
     errors.print(f"[green]{task['id']} done[/green] ({result})")
 
 
+SUBMITTED_VISIBLE_S = 5.0
+
+
 def follow(client: GreenroomClient, task_id: str, interval_s: float = 0.3) -> dict[str, Any]:
     """Show the task's steps live until it ends; returns the final task."""
+    # The server answers a submission before its session commits, so the first reads of a
+    # task just submitted may not find it yet: a 404 is retried for a few seconds.
+    visible_by = time.monotonic() + SUBMITTED_VISIBLE_S
     with Live(console=errors, refresh_per_second=8, transient=False) as live:
         while True:
-            task = _call(lambda: client.task(task_id))
+            try:
+                task = client.task(task_id)
+            except ClientError as exc:
+                if exc.status != 404 or time.monotonic() > visible_by:
+                    raise _fail(exc) from None
+                time.sleep(interval_s)
+                continue
+            visible_by = 0.0  # found once: a later 404 is real
             live.update(_steps_table(task))
             if task["status"] in ("done", "failed", "canceled", "refused"):
                 return task
@@ -500,6 +540,449 @@ def _steps_table(task: dict[str, Any]) -> Table:
             step.get("message") or "",
         )
     return table
+
+
+# ----- embedding migrations (docs/migrations.md) --------------------------------------------
+
+
+class _ShowByDefault(TyperGroup):
+    """`greenroom migration M` is `greenroom migration show M`: whatever is not a subcommand's
+    name (or the group's --help) is the live view's argument. A model named like a
+    subcommand is viewed with `show` spelled out."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+migration_app = typer.Typer(
+    cls=_ShowByDefault,
+    help="An embedding migration: `greenroom migration M` shows its stage, shadow report and "
+    "adapter live; the subcommands feed and end it. Start one with `greenroom deploy M "
+    "--stage`, go live with `greenroom promote M [--adapted]`.",
+    no_args_is_help=True,
+)
+app.add_typer(migration_app, name="migration")
+
+Model = Annotated[
+    str,
+    typer.Argument(
+        metavar="M",
+        help="The served name: an embedding model id, or workspace/name of a deployment.",
+    ),
+]
+WaitOrNot = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait", help="Follow the task's steps until it ends; exit 1 if it fails."
+    ),
+]
+MIN_PAIRS = 200  # what a fit needs (docs/api/migrations.md)
+
+
+class SampleFormat(StrEnum):
+    AUTO = "auto"
+    TEXT = "text"
+    JSONL = "jsonl"
+
+
+NEXT_STEP = {
+    "none": "No migration: `greenroom deploy {m} --stage` starts one.",
+    "staged": "Next: `greenroom promote {m}` (raw: indexes must be rebuilt), or `greenroom "
+    "migration fit {m}` then `greenroom promote {m} --adapted` (indexes keep working); "
+    "`greenroom migration abort {m}` withdraws the staged revision.",
+    "adapted": "Next: re-index with `{m}@live`, then `greenroom migration finish {m}`; "
+    "`greenroom migration abort {m}` brings the old model back.",
+}
+
+
+@app.command()
+def promote(
+    model: Model,
+    adapted: Annotated[
+        bool,
+        typer.Option(
+            "--adapted",
+            help="Answer the served name with the new model's vectors mapped into the live "
+            "space by the fitted adapter (existing indexes keep working; `M@live` gives raw "
+            "vectors for the re-index). Without it the promotion is raw.",
+        ),
+    ] = False,
+    allow_embedding_space_change: Annotated[
+        bool,
+        typer.Option(
+            help="Raw only: let vectors that are not comparable with the live ones take over "
+            "(every index built with the old model must be rebuilt)."
+        ),
+    ] = False,
+    wait: WaitOrNot = False,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Make the staged revision live, raw or adapted; prints the task id."""
+    if adapted and allow_embedding_space_change:
+        raise typer.BadParameter(
+            "an adapted promotion keeps the live space: --allow-embedding-space-change is for "
+            "a raw one",
+            param_hint="--allow-embedding-space-change",
+        )
+    client = _client(server)
+    task = _call(
+        lambda: client.promote(model, adapted=adapted, allow_change=allow_embedding_space_change)
+    )
+    _after_submit(client, task, wait)
+
+
+@migration_app.command("show")
+def migration_show(
+    model: Model,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame and exit instead of refreshing.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.2, max=3600.0, help="Seconds between refreshes.")
+    ] = 2.0,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """The migration's stage, revisions, shadow report, adapter and samples, refreshed until
+    Ctrl-C (`greenroom migration M` is the same)."""
+    client = _client(server)
+    state = _call(lambda: client.migration(model))
+    if once:
+        console.print(migration_frame(state))
+        return
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        Live(migration_frame(state), console=console, auto_refresh=False) as live,
+    ):
+        while True:
+            time.sleep(interval)
+            try:
+                state = client.migration(model)
+                frame: Any = migration_frame(state)
+            except ClientError as exc:  # a restart or a hiccup: keep the last frame, say why
+                frame = Group(migration_frame(state), Text(f"refresh failed: {exc}", "red"))
+            live.update(frame, refresh=True)
+
+
+@migration_app.command("samples")
+def migration_samples(
+    model: Model,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            allow_dash=True,
+            help="One text per line, or JSONL of strings (`-` reads standard input).",
+        ),
+    ],
+    format_: Annotated[
+        SampleFormat,
+        typer.Option(
+            "--format",
+            help="auto: JSONL when the name ends in .jsonl or .ndjson or the first text line "
+            "is a JSON string, else one text per line.",
+        ),
+    ] = SampleFormat.AUTO,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Upload sample texts an adapter is fitted from (both revisions embed them); in calls of
+    at most 2048 texts and 8 MiB. The server keeps the newest 20,000, so only a file's last
+    20,000 texts are sent."""
+    sample = _read_samples(file, format_)
+    if not sample.texts:
+        errors.print(f"[red]error:[/red] {file} has no texts")
+        raise typer.Exit(2)
+    if sample.total > len(sample.texts):
+        errors.print(
+            f"{sample.total} texts in {file}: the server keeps the newest {MAX_SAMPLES_KEPT}, "
+            f"so only the last {len(sample.texts)} are sent"
+        )
+    if sample.cut:
+        errors.print(f"{sample.cut} texts were cut to {MAX_SAMPLE_CHARS} characters")
+    client = _client(server)
+    sent, answer = 0, None
+    for chunk in sample_chunks(sample.texts):
+        answer = _call(lambda chunk=chunk: client.add_samples(model, chunk))
+        sent += len(chunk)
+        errors.print(f"sent {sent} of {len(sample.texts)} texts")
+    assert answer is not None
+    console.print(f"{answer['samples']} sample texts kept for {answer.get('served_name', model)}")
+
+
+@migration_app.command("fit")
+def migration_fit(
+    model: Model,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Seconds to wait for the fit (both revisions embed every stored sample text).",
+        ),
+    ] = 1800.0,
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Fit an adapter from the stored sample texts and the shadow pairs, and print its
+    held-out evaluation against the thresholds of an adapted promotion."""
+    client = GreenroomClient(server, default_token(), timeout=timeout)
+    adapter = _call(lambda: client.fit_adapter(model))
+    try:
+        thresholds = client.migration(model).get("thresholds") or {}
+    except ClientError:
+        thresholds = {}
+    console.print(_adapter_table(adapter, thresholds))
+    if thresholds and not _adapter_passes(adapter, thresholds):
+        errors.print(
+            "[yellow]below the thresholds:[/yellow] an adapted promotion would be refused; "
+            "add sample texts (`greenroom migration samples`) and fit again, or promote raw"
+        )
+
+
+@migration_app.command("finish")
+def migration_finish(model: Model, wait: WaitOrNot = False, server: Server = DEFAULT_URL) -> None:
+    """After an adapted promotion and the re-index: the served name answers with the new
+    model's raw vectors and the adapter is retired; prints the task id."""
+    client = _client(server)
+    _after_submit(client, _call(lambda: client.finish(model)), wait)
+
+
+@migration_app.command("abort")
+def migration_abort(model: Model, wait: WaitOrNot = False, server: Server = DEFAULT_URL) -> None:
+    """Withdraw the staged revision; after an adapted promotion, bring the old model back as
+    a new revision (smoke-tested, then switched in); prints the task id."""
+    client = _client(server)
+    _after_submit(client, _call(lambda: client.abort(model)), wait)
+
+
+@migration_app.command("shadow")
+def migration_shadow(
+    model: Model,
+    fraction: Annotated[
+        str,
+        typer.Argument(
+            metavar="FRACTION",
+            help="The share of live requests also embedded by the staged revision: 0 to 1, "
+            "or a percentage (5%).",
+        ),
+    ],
+    server: Server = DEFAULT_URL,
+) -> None:
+    """Set the shadow traffic's share; every API process samples at it."""
+    share = _fraction(fraction)
+    answer = _call(lambda: _client(server).set_shadow_fraction(model, share))
+    console.print(f"shadow traffic of {answer['served_name']}: {_percent(answer['fraction'])}")
+
+
+def _fraction(text: str) -> float:
+    """0.05 or 5%: a share from 0 to 1."""
+    value = text.strip()
+    scale = 100.0 if value.endswith("%") else 1.0
+    try:
+        share = float(value.removesuffix("%")) / scale
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:  # nan fails this too
+        raise typer.BadParameter(
+            f"'{text}' is not a share: give 0 to 1 or a percentage", param_hint="FRACTION"
+        )
+    return share
+
+
+# ----- reading sample files ----------------------------------------------------------------------
+
+
+@dataclass
+class SampleFile:
+    texts: list[str]  # the last MAX_SAMPLES_KEPT, in file order
+    total: int  # texts in the file
+    cut: int  # texts cut to MAX_SAMPLE_CHARS
+
+
+def _read_samples(path: Path, format_: str) -> SampleFile:
+    """The texts of a sample file; exit 2 with the line that is not a text."""
+    kept: deque[str] = deque(maxlen=MAX_SAMPLES_KEPT)
+    total = cut = 0
+    jsonl = format_ == "jsonl" or (
+        format_ == "auto" and path.suffix.lower() in (".jsonl", ".ndjson")
+    )
+    try:
+        with _open_text(path) as stream:
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                if format_ == "auto" and total == 0 and not jsonl:
+                    jsonl = _is_json_string(line)
+                text = _sample_text(line, jsonl=jsonl, where=f"{path}:{number}")
+                if not text.strip():  # an empty JSONL string: nothing to embed
+                    continue
+                if len(text) > MAX_SAMPLE_CHARS:
+                    text, cut = text[:MAX_SAMPLE_CHARS], cut + 1
+                kept.append(text)
+                total += 1
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.print(f"[red]error:[/red] cannot read {path}: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    return SampleFile(list(kept), total, cut)
+
+
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[TextIO]:
+    if str(path) == "-":
+        yield io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        return
+    with path.open(encoding="utf-8", errors="strict") as stream:
+        yield stream
+
+
+def _is_json_string(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), str)
+    except ValueError:
+        return False
+
+
+def _sample_text(line: str, *, jsonl: bool, where: str) -> str:
+    """One line's text: the line less its line break, or a JSONL line's string."""
+    if jsonl:
+        try:
+            text = json.loads(line)
+        except ValueError:
+            text = None
+        if not isinstance(text, str):
+            _refuse_line(where, "is not a JSON string (JSONL: one string a line)")
+    else:
+        text = line.rstrip("\r\n")
+    if "\x00" in text:
+        _refuse_line(where, "holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        _refuse_line(where, "is not valid UTF-8 text")
+    return text
+
+
+def _refuse_line(where: str, why: str) -> NoReturn:
+    errors.print(f"[red]error:[/red] {where} {why}; nothing was sent", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+# ----- the migration's view --------------------------------------------------------------------
+
+
+def migration_frame(state: dict[str, Any]) -> Group:
+    """One frame of `greenroom migration M`: built from the state endpoint's answer only."""
+    name = str(state.get("served_name", "?"))
+    stage = str(state.get("stage", "?"))
+    thresholds = state.get("thresholds") or {}
+    parts: list[Any] = [
+        Text.assemble(("migration of ", "bold"), (name, "bold cyan"), " · stage ", (stage, "bold"))
+    ]
+    parts.append(_revisions_table(state))
+    parts.append(_shadow_table(state.get("shadow")))
+    adapter = state.get("adapter")
+    if adapter:
+        parts.append(_adapter_table(adapter, thresholds))
+    else:
+        parts.append(Text(f"adapter: none fitted (a fit needs {MIN_PAIRS} pairs)"))
+    parts.append(Text(f"sample texts stored: {_count(state.get('samples'))}"))
+    if stage in NEXT_STEP:
+        parts.append(Text(NEXT_STEP[stage].format(m=name), style="dim"))
+    return Group(*parts)
+
+
+def _revisions_table(state: dict[str, Any]) -> Table:
+    table = Table(title="revisions", title_justify="left")
+    table.add_column("")
+    table.add_column("revision", no_wrap=True)
+    table.add_column("embedding space", no_wrap=True)
+    table.add_column("phase")
+    for role in ("live", "staged"):
+        revision = state.get(role)
+        if revision:
+            table.add_row(
+                role, str(revision.get("revision_id", "?")),
+                str(revision.get("embedding_space") or "unknown"),
+                str(revision.get("phase", "Running" if role == "live" else "?")),
+            )  # fmt: skip
+        else:
+            table.add_row(role, "—", "", "")
+    return table
+
+
+def _shadow_table(shadow: dict[str, Any] | None) -> Table | Text:
+    if not shadow:
+        return Text("shadow traffic: none (no staged revision, or no report written yet)")
+    latency = shadow.get("latency_ms") or {}
+    table = Table(title="shadow traffic", title_justify="left", show_header=False)
+    table.add_column("measure")
+    table.add_column("value")
+    rows = [
+        ("fraction", _percent(shadow.get("fraction"))),
+        ("requests", _count(shadow.get("requests"))),
+        ("inputs", _count(shadow.get("inputs"))),
+        ("dropped", _count(shadow.get("dropped"))),
+        ("errors", _count(shadow.get("errors"))),
+        ("latency p50 ms", f"live {_ms(latency.get('live_p50'))} · "
+                           f"staged {_ms(latency.get('staged_p50'))}"),
+        ("latency p99 ms", f"live {_ms(latency.get('live_p99'))} · "
+                           f"staged {_ms(latency.get('staged_p99'))}"),
+        ("mean cosine", _score(shadow.get("mean_cosine"), "— (dimensions differ)")),
+        ("neighbour overlap@10", _score(shadow.get("neighbour_overlap_at_10"), "— (too few)")),
+        ("window", _count(shadow.get("window"))),
+        ("processes", _count(shadow.get("processes"))),
+    ]  # fmt: skip
+    for measure, value in rows:
+        table.add_row(measure, value)
+    return table
+
+
+def _adapter_table(adapter: dict[str, Any], thresholds: dict[str, Any]) -> Table:
+    kind = adapter.get("kind", "?")
+    table = Table(title=f"adapter: {kind}", title_justify="left")
+    table.add_column("held-out measure")
+    table.add_column("value")
+    table.add_column("threshold")
+    table.add_column("")
+    for label, key, threshold_key in (
+        ("mean cosine", "mean_cosine", "adapter_mean_cosine"),
+        ("neighbour overlap@10", "neighbour_overlap_at_10", "adapter_neighbour_overlap_at_10"),
+    ):
+        value, bound = adapter.get(key), thresholds.get(threshold_key)
+        mark = "" if bound is None else ("✓" if _meets(value, bound) else "✗")
+        table.add_row(label, _score(value), f"≥ {bound:.2f}" if bound is not None else "", mark)
+    table.add_row("pairs", _count(adapter.get("pairs")), "", "")
+    table.add_row("held out", _count(adapter.get("held_out")), "", "")
+    table.add_row("fitted at", _minute(adapter.get("fitted_at")), "", "")
+    return table
+
+
+def _meets(value: Any, bound: float) -> bool:
+    return isinstance(value, int | float) and value >= bound
+
+
+def _adapter_passes(adapter: dict[str, Any], thresholds: dict[str, Any]) -> bool:
+    return _meets(
+        adapter.get("mean_cosine"), thresholds.get("adapter_mean_cosine", 0.0)
+    ) and _meets(
+        adapter.get("neighbour_overlap_at_10"),
+        thresholds.get("adapter_neighbour_overlap_at_10", 0.0),
+    )
+
+
+def _percent(value: Any) -> str:
+    return f"{value * 100:g}%" if isinstance(value, int | float) else "—"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "—"
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "—"
+
+
+def _score(value: Any, missing: str = "—") -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else missing
 
 
 if __name__ == "__main__":
