@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM := false
 # The suite's PostgreSQL server (each session creates and drops a database of its own).
 export GREENROOM_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-real lint format bench models clean
 
 install: $(VENV)/.installed
 
@@ -34,8 +34,17 @@ format: install
 test: lint
 	$(BIN)/pytest
 
+# The migration with the real models (tests marked `real_models`); .ci/run runs it after `test`.
+test-real: models
+	$(BIN)/pytest -m real_models
+
 bench: install
 	$(BIN)/python bench/serving.py
+
+# The real models of the migration bench and tests (about 400 MB once; cached, verified by hash):
+# not part of `make run` or `make test`. GREENROOM_MODELS_DIR moves the cache.
+models: install
+	$(BIN)/python scripts/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -53,7 +53,7 @@ def build_tiny_models(out_dir: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
-    """Name → directory of each tiny model (`tiny-1`, `tiny-2`)."""
+    """Name → directory of each tiny model (`tiny-1`, `tiny-2`, `tiny-3`)."""
     return build_tiny_models(CACHE_ROOT / "greenroom-models" / builder_hash())
 
 
@@ -66,6 +66,12 @@ def tiny_model_dir(tiny_models: dict[str, Path]) -> Path:
 def tiny_model_2_dir(tiny_models: dict[str, Path]) -> Path:
     """Same tokenizer as `tiny_model_dir`, other weights: a different embedding space."""
     return tiny_models["tiny-2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_3_dir(tiny_models: dict[str, Path]) -> Path:
+    """Another tokenizer and another dimension (48): the new model of an embedding migration."""
+    return tiny_models["tiny-3"]
 
 
 @pytest.fixture(scope="session")

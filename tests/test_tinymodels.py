@@ -14,7 +14,7 @@ ORDINARY_ENGLISH = [
 
 
 def test_tiny_models_ship_what_loaders_need(tiny_models: dict[str, Path]) -> None:
-    assert set(tiny_models) == {"tiny-1", "tiny-2"}
+    assert set(tiny_models) == {"tiny-1", "tiny-2", "tiny-3"}
     for path in tiny_models.values():
         for name in (
             "config.json",
@@ -27,6 +27,16 @@ def test_tiny_models_ship_what_loaders_need(tiny_models: dict[str, Path]) -> Non
             "vocab.txt",
         ):
             assert (path / name).is_file(), f"{path.name} lacks {name}"
+
+
+def test_tiny_3_has_another_tokenizer_and_dimension(
+    tiny_model_dir: Path, tiny_model_3_dir: Path
+) -> None:
+    text = ORDINARY_ENGLISH[0]
+    one = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json")).encode(text)
+    three = Tokenizer.from_file(str(tiny_model_3_dir / "tokenizer.json")).encode(text)
+    assert one.tokens == three.tokens and one.ids != three.ids  # same words, other ids
+    assert '"hidden_size": 48' in (tiny_model_3_dir / "config.json").read_text()
 
 
 def test_tiny_models_share_one_tokenizer(tiny_model_dir: Path, tiny_model_2_dir: Path) -> None:

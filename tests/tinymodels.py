@@ -2,11 +2,12 @@
 
     python tests/tinymodels.py OUT_DIR
 
-builds `OUT_DIR/tiny-1` (seed 1) and `OUT_DIR/tiny-2` (seed 2: the same tokenizer, other weights),
-skipping a model that already exists. Each is a 2-layer BERT (hidden size 32) with a WordPiece
-tokenizer over the small vocabulary below, mean pooling and normalisation, saved in
-sentence-transformers format. The two models embed into clearly different spaces, which the
-compatibility-gate tests rely on.
+builds `OUT_DIR/tiny-1` (seed 1), `OUT_DIR/tiny-2` (seed 2: the same tokenizer, other weights) and
+`OUT_DIR/tiny-3` (seed 3: hidden size 48 and another tokenizer, its vocabulary in another order,
+so the same text has other token ids: the model of an embedding migration), skipping a model
+that already exists. Each is a 2-layer BERT with a WordPiece tokenizer over the small vocabulary
+below, mean pooling and normalisation, saved in sentence-transformers format. The models embed
+into clearly different spaces, which the compatibility-gate tests rely on.
 
 This module imports torch: the test process runs it in a subprocess and never imports it.
 """
@@ -20,8 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL_SEEDS = {"tiny-1": 1, "tiny-2": 2}
+MODEL_SEEDS = {"tiny-1": 1, "tiny-2": 2, "tiny-3": 3}
 HIDDEN_SIZE = 32
+# tiny-3: another dimension and another tokenizer (the vocabulary reversed after the specials)
+HIDDEN_SIZES = {"tiny-3": 48}
+REVERSED_VOCAB = frozenset({"tiny-3"})
 MAX_SEQ_LENGTH = 64
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PUNCTUATION = list(string.punctuation)
@@ -53,11 +57,12 @@ SUFFIX_PIECES = [
 ]  # fmt: skip
 
 
-def build_vocab() -> list[str]:
+def build_vocab(reversed_order: bool = False) -> list[str]:
     """Special tokens first ([PAD] = 0), then single characters, `##` letters, words, suffixes.
 
     `##` followed by every letter and digit lets WordPiece spell out any lowercase word, so
-    ordinary English never becomes [UNK].
+    ordinary English never becomes [UNK]. `reversed_order` keeps the special tokens first and
+    reverses the rest: the same words, other ids.
     """
     chars = list(string.ascii_lowercase) + list(string.digits)
     continuation = [f"##{c}" for c in chars]
@@ -65,13 +70,16 @@ def build_vocab() -> list[str]:
     for token in SPECIAL_TOKENS + chars + PUNCTUATION + continuation + COMMON_WORDS + SUFFIX_PIECES:
         if token not in vocab:
             vocab.append(token)
+    if reversed_order:
+        specials = len(SPECIAL_TOKENS)
+        vocab = vocab[:specials] + vocab[specials:][::-1]
     return vocab
 
 
-def build_tokenizer():  # type: ignore[no-untyped-def]
+def build_tokenizer(reversed_order: bool = False):  # type: ignore[no-untyped-def]
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    vocab = {token: index for index, token in enumerate(build_vocab())}
+    vocab = {token: index for index, token in enumerate(build_vocab(reversed_order))}
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -84,13 +92,15 @@ def build_tokenizer():  # type: ignore[no-untyped-def]
     return tokenizer
 
 
-def save_hf_model(hf_dir: Path, seed: int) -> None:
+def save_hf_model(
+    hf_dir: Path, seed: int, hidden_size: int = HIDDEN_SIZE, reversed_order: bool = False
+) -> None:
     """A randomly initialised BERT (seeded) and its tokenizer, in Hugging Face format."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     tokenizer = BertTokenizerFast(
-        tokenizer_object=build_tokenizer(),
+        tokenizer_object=build_tokenizer(reversed_order),
         unk_token="[UNK]",
         sep_token="[SEP]",
         pad_token="[PAD]",
@@ -100,8 +110,8 @@ def save_hf_model(hf_dir: Path, seed: int) -> None:
         model_max_length=MAX_SEQ_LENGTH,
     )
     config = BertConfig(
-        vocab_size=len(build_vocab()),
-        hidden_size=HIDDEN_SIZE,
+        vocab_size=len(build_vocab(reversed_order)),
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
@@ -115,7 +125,9 @@ def save_hf_model(hf_dir: Path, seed: int) -> None:
     tokenizer.save_pretrained(hf_dir)
 
 
-def build_model(out_dir: Path, seed: int) -> None:
+def build_model(
+    out_dir: Path, seed: int, hidden_size: int = HIDDEN_SIZE, reversed_order: bool = False
+) -> None:
     """Build one tiny sentence-transformers model into `out_dir` (atomically: via a temp dir)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -123,11 +135,11 @@ def build_model(out_dir: Path, seed: int) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as scratch:
         hf_dir = Path(scratch) / "hf"
-        save_hf_model(hf_dir, seed)
+        save_hf_model(hf_dir, seed, hidden_size, reversed_order)
         model = SentenceTransformer(
             modules=[
                 Transformer(str(hf_dir), max_seq_length=MAX_SEQ_LENGTH),
-                Pooling(HIDDEN_SIZE, "mean"),
+                Pooling(hidden_size, "mean"),
                 Normalize(),
             ],
             device="cpu",
@@ -135,7 +147,7 @@ def build_model(out_dir: Path, seed: int) -> None:
         staged = Path(scratch) / "model"
         model.save(str(staged))
         # transformers 5 saves tokenizer.json only; slow-tokenizer loaders also want vocab.txt.
-        (staged / "vocab.txt").write_text("\n".join(build_vocab()) + "\n")
+        (staged / "vocab.txt").write_text("\n".join(build_vocab(reversed_order)) + "\n")
         try:
             os.replace(staged, out_dir)
         except OSError:
@@ -150,7 +162,7 @@ def build_all(out_root: Path) -> dict[str, Path]:
         path = out_root / name
         if not (path / "modules.json").is_file():
             shutil.rmtree(path, ignore_errors=True)
-            build_model(path, seed)
+            build_model(path, seed, HIDDEN_SIZES.get(name, HIDDEN_SIZE), name in REVERSED_VOCAB)
         paths[name] = path
     return paths
 
