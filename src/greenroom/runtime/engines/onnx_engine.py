@@ -25,6 +25,10 @@ class OnnxEngine(Engine):
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.threads
         session_options.inter_op_num_threads = 1
+        # No spin-waiting after each run: an idle replica otherwise burns most of a core, which
+        # starves whatever shares the machine (a staged replica at a low priority above all).
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             str(model_file), session_options, providers=["CPUExecutionProvider"]
