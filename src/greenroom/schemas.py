@@ -86,6 +86,15 @@ def shown_envs(envs: Mapping[str, str], *, reveal: bool) -> dict[str, str]:
 # ----- served names: `name` in workspace `default`, `workspace/name` elsewhere ------------------
 
 
+def embedding_space(
+    embedding_model_id: str, content_hash: str, dimension: int, *, normalized: bool
+) -> str:
+    """The name of a revision's vector space, as `x-embedding-space` shows it:
+    `<model id>@<first 12 of its content hash>/<dimension>/<l2 | none>`."""
+    norm = "l2" if normalized else "none"
+    return f"{embedding_model_id}@{content_hash[:12]}/{dimension}/{norm}"
+
+
 def served_name(workspace: str, name: str) -> str:
     """`name` in workspace `default`, `workspace/name` elsewhere."""
     return name if workspace == "default" else f"{workspace}/{name}"

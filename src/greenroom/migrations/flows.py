@@ -41,7 +41,7 @@ from greenroom.migrations.schemas import (
 )
 from greenroom.migrations.states import MigrationStage, stage_of
 from greenroom.registry.weights import inspect_model
-from greenroom.schemas import split_served_name
+from greenroom.schemas import embedding_space, split_served_name
 from greenroom.store.db import Store
 from greenroom.workloads import service as workloads_service
 
@@ -188,8 +188,12 @@ def revision_space(revision: _RevisionLike) -> str | None:
     except (ModelSourceError, OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("the weights of revision %s cannot be read: %s", revision.id, exc)
         return None
-    norm = "l2" if info.normalize else "none"
-    space = f"{revision.embedding_model_id}@{revision.content_hash[:12]}/{info.dimension}/{norm}"
+    space = embedding_space(
+        revision.embedding_model_id,
+        revision.content_hash,
+        info.dimension,
+        normalized=info.normalize,
+    )
     if len(_SPACES) >= MAX_CACHED_SPACES:
         _SPACES.clear()
     _SPACES[revision.id] = space

@@ -29,6 +29,7 @@ from greenroom.migrations.states import MigrationStage
 from greenroom.rollout import steps
 from greenroom.rollout.steps import (
     FAILED_STARTS,
+    READY_MESSAGE,
     StepContext,
     StepFailed,
     StepOutcome,
@@ -41,10 +42,9 @@ from greenroom.signals import Topic
 from greenroom.tasks import service as tasks_service
 from greenroom.tasks.schemas import TaskMetadata
 from greenroom.workloads import service as workloads_service
+from greenroom.workloads.service import STAGED_MESSAGE
 from greenroom.workloads.states import RevisionPhase
 
-STAGED_MESSAGE = "staged: no live traffic"  # the version's and the revision's, while staged
-READY_MESSAGE = "Deployment is ready"
 ABORTED_MESSAGE = "migration aborted"
 
 

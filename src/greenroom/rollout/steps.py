@@ -46,6 +46,7 @@ from greenroom.workloads.states import RevisionPhase
 T = TypeVar("T")
 STOP_TIMEOUT_S = 60.0
 FAILED_STARTS = 2  # a green replica that failed to start this often fails the rollout
+READY_MESSAGE = "Deployment is ready"  # a rolled-out version's status message
 # While routers have not confirmed a switch, the running step says which every this long.
 AWAITED_REPORT_S = 10.0
 
@@ -490,7 +491,7 @@ async def finish(ctx: StepContext) -> StepOutcome:
     green_id = green_of(ctx)
     await ctx.db(
         lambda s: deployments_service.record_status(
-            s, revision_id=green_id, status=DeploymentStatus.READY, message="Deployment is ready"
+            s, revision_id=green_id, status=DeploymentStatus.READY, message=READY_MESSAGE
         )
     )
     await ctx.save(result="rolled_out")

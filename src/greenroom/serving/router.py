@@ -58,6 +58,7 @@ from greenroom.migrations.states import MigrationStage
 from greenroom.registry.weights import ModelInfo
 from greenroom.runtime.base import ReplicaSource, ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
+from greenroom.schemas import embedding_space
 from greenroom.serving.batching import BatchQueue
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
 from greenroom.serving.shadow import MAX_SHADOW_INPUTS, ShadowRecorder
@@ -93,9 +94,12 @@ class ServedRevision:
     replica_secret: str = field(default="", repr=False)
 
     def embedding_space(self, dimension: int | None = None) -> str:
-        norm = "l2" if self.info.normalize or dimension else "none"
-        dim = dimension or self.info.dimension
-        return f"{self.embedding_model_id}@{self.content_hash[:12]}/{dim}/{norm}"
+        return embedding_space(
+            self.embedding_model_id,
+            self.content_hash,
+            dimension or self.info.dimension,
+            normalized=self.info.normalize or bool(dimension),  # a cut vector is normalised again
+        )
 
 
 @dataclass(eq=False)
