@@ -68,6 +68,12 @@ async def test_each_task_runs_once_and_in_order_per_name(store: Store) -> None:
         late = add_tasks(store, ["d"])  # signalled, as the task service does after a commit
         signals.notify(Topic.TASKS)
         await all_done(store, len(ids) + 1)
+        # the handler marks a task done before the worker counts it: wait for the count too
+        await wait_until(
+            lambda: metrics.tasks.labels("deploy", "done")._value.get() == len(ids) + 1,
+            deadline_s=DEADLINE_S,
+            what="every task counted",
+        )
 
     assert Counter(calls) == Counter([*ids, *late])
     per_name: dict[str, list[str]] = defaultdict(list)
