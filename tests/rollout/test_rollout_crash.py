@@ -1,5 +1,5 @@
-"""A `greenroom worker` killed (SIGKILL) at every step boundary of a deploy, of a delete and of
-an embedding migration's promotion.
+"""A `greenroom worker` killed (SIGKILL) at every step boundary of a deploy, of a delete, and at
+the boundaries of an embedding migration's promotion, finish and abort.
 
 One `greenroom serve` (worker disabled, local runtime, the tiny models) serves every case.
 In each case a worker started with `GREENROOM_TEST_CRASH_AT="<kind>:<step>"` kills itself right
@@ -20,7 +20,9 @@ at the next step. Traffic flows to the served names the whole time. Each case th
 Deploys alternate between two configs of the same tiny model, so every deploy is a real change
 (a new revision, a green beside the blue). Each delete case deletes a served name of its own,
 deployed when the module starts. Each promote case stages a new revision of one served name
-(a staged deploy, run by the worker that will die) and promotes it raw. On PostgreSQL
+(a staged deploy, run by the worker that will die) and promotes it raw; a finish case promotes
+it adapted first (sample texts, a fitted adapter) and an abort case aborts a staged revision or
+an adapted promotion (the old model brought back as a new revision). On PostgreSQL
 (`GREENROOM_TEST_DATABASE_URL`) the processes share the session's test database; otherwise a
 SQLite file. Workers are started ahead and run
 on cue (`tests/crash/worker_on_cue.py`), so a case does not wait for their imports. `pytest -s`
@@ -47,7 +49,16 @@ from servers import ADMIN_HEADERS, ADMIN_TOKEN
 from sqlalchemy import select
 
 from greenroom.migrations import service as migrations_service
-from greenroom.rollout.plan import DELETE_STEPS, DEPLOY_STEPS, PROMOTE_STEPS
+from greenroom.rollout.plan import (
+    ABORT_ADAPTED_PLAN,
+    ABORT_STAGED_PLAN,
+    DELETE_STEPS,
+    DEPLOY_STEPS,
+    FINISH_PLAN,
+    PROMOTE_STEPS,
+    MigrationStep,
+    RolloutStep,
+)
 from greenroom.store.db import Base, Store
 from greenroom.tasks.models import Task
 from greenroom.workloads.models import LiveRevision, Revision
@@ -72,6 +83,17 @@ DELETE_BOUNDARIES = [str(step) for step in DELETE_STEPS]
 # priority, the live pointer moved); the others resume through the deploy cases' code paths,
 # and each promote case costs a staged deploy plus a restart (about 25 s): the suite stays short.
 PROMOTE_BOUNDARIES = [str(step) for step in PROMOTE_STEPS if step in {"start_live", "switch"}]
+# A finish and an abort each at the step that moves the served name between two worlds (raw
+# vectors again; the staged revision withdrawn; the old model live again): their other steps
+# only confirm or end, as a deploy's `finish`. Each costs a staged deploy (and the adapted ones a
+# fit and an adapted promotion) besides.
+FINISH_BOUNDARY = MigrationStep.SWITCH_SPACE
+ABORT_STAGED_BOUNDARY = MigrationStep.WITHDRAW_STAGED
+ABORT_ADAPTED_BOUNDARY = RolloutStep.SWITCH
+assert FINISH_BOUNDARY in {step.name for step in FINISH_PLAN}
+assert ABORT_STAGED_BOUNDARY in {step.name for step in ABORT_STAGED_PLAN}
+assert ABORT_ADAPTED_BOUNDARY in {step.name for step in ABORT_ADAPTED_PLAN}
+MIGRATION = f"/v1/migrations/default/{MIGRATED}"
 CASE_TIMES: dict[str, float] = {}
 
 
@@ -464,7 +486,7 @@ def assert_stopped_at_boundary(steps: list[dict[str, Any]], step: str) -> None:
     position = names.index(step)
     statuses = [s["status"] for s in steps]
     assert set(statuses[: position + 1]) <= FINISHED_STEP, steps
-    assert set(statuses[position + 1 :]) <= {"pending"}, steps
+    assert set(statuses[position + 1 :]) <= {"pending"}, [(s["name"], s["status"]) for s in steps]
 
 
 def assert_all_steps_finished(task: dict[str, Any]) -> None:
@@ -557,3 +579,105 @@ def test_a_promotion_survives_a_worker_killed_after(cluster: Cluster, step: str)
     assert traffic.failures == []
     assert all(traffic.sent.values()), traffic.sent
     CASE_TIMES[f"promote {step}"] = time.monotonic() - started
+
+
+def promote_adapted(cluster: Cluster, worker: str) -> str:
+    """MIGRATED's next config staged, an adapter fitted (the same model: a near-identity map)
+    and the staged revision promoted adapted, by `worker`: the promoted revision."""
+    staged = stage_next_config(cluster, worker)
+    call("POST", f"{cluster.base}{MIGRATION}/samples", json={"texts": sample_texts(240)})
+    evaluation = call("POST", f"{cluster.base}{MIGRATION}/adapter")
+    assert evaluation["mean_cosine"] > 0.99, evaluation  # the same model: a near-identity map
+    body = {"embedding_model_id": MIGRATED, "mode": "adapted"}
+    task_id = call("POST", f"{cluster.base}{TASKS}/promote", json=body)["id"]
+    task = wait_task(cluster, "promote", task_id, worker)
+    assert task["status"] == "done", task
+    assert stage_of(cluster, MIGRATED) == "adapted"
+    return staged
+
+
+def sample_texts(count: int) -> list[str]:
+    words = "the quick brown fox jumps over a lazy dog while rain falls on warm evenings"
+    words = words.split()
+    return [
+        " ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 9)) + f" {i}"
+        for i in range(count)
+    ]
+
+
+def migration_case(
+    cluster: Cluster,
+    case: str,
+    kind: str,
+    step: str,
+    prepare: Callable[[str], str],
+) -> tuple[dict[str, Any], str, str | None]:
+    """One finish or abort case of MIGRATED under traffic: (the ended task, the revision
+    `prepare` staged or promoted, the live revision before it)."""
+    blue = live_revision(cluster, MIGRATED)
+    prepared: list[str] = []
+    with Traffic(cluster.base, [MIGRATED, STEADY]) as traffic:
+        final = crash_then_take_over(
+            cluster,
+            case,
+            kind,
+            step,
+            {"embedding_model_id": MIGRATED},
+            prepare=lambda worker: prepared.append(prepare(worker)),
+        )
+        traffic.stop()
+    assert_all_steps_finished(final)
+    assert stage_of(cluster, MIGRATED) == "none"
+    assert_no_task_unfinished(cluster)
+    assert_no_orphan(cluster)
+    assert traffic.failures == []
+    assert all(traffic.sent.values()), traffic.sent
+    return final, prepared[0], blue
+
+
+def test_a_finish_survives_a_worker_killed_after_the_space_switch(cluster: Cluster) -> None:
+    started = time.monotonic()
+    final, promoted, _ = migration_case(
+        cluster, "finish", "finish", FINISH_BOUNDARY, lambda w: promote_adapted(cluster, w)
+    )
+    assert final["metadata"]["result"] == "finished"
+    assert {s["name"]: s["status"] for s in final["metadata"]["steps"]}["retire_adapter"] == "done"
+    assert live_revision(cluster, MIGRATED) == promoted
+    CASE_TIMES[f"finish {FINISH_BOUNDARY}"] = time.monotonic() - started
+
+
+def test_an_abort_of_a_staged_revision_survives_a_worker_killed_after_the_withdrawal(
+    cluster: Cluster,
+) -> None:
+    started = time.monotonic()
+    final, staged, blue = migration_case(
+        cluster,
+        "abort-staged",
+        "abort",
+        ABORT_STAGED_BOUNDARY,
+        lambda w: stage_next_config(cluster, w),
+    )
+    assert final["metadata"]["result"] == "aborted"
+    assert live_revision(cluster, MIGRATED) == blue != staged
+    with cluster.store.session_scope() as session:
+        withdrawn = session.get(Revision, staged)
+        assert withdrawn is not None and withdrawn.desired_replicas == 0
+    CASE_TIMES[f"abort {ABORT_STAGED_BOUNDARY}"] = time.monotonic() - started
+
+
+def test_an_abort_of_an_adapted_promotion_survives_a_worker_killed_after_the_switch_back(
+    cluster: Cluster,
+) -> None:
+    started = time.monotonic()
+    final, promoted, blue = migration_case(
+        cluster,
+        "abort-adapted",
+        "abort",
+        ABORT_ADAPTED_BOUNDARY,
+        lambda w: promote_adapted(cluster, w),
+    )
+    assert final["metadata"]["result"] == "aborted"
+    back = live_revision(cluster, MIGRATED)
+    assert back == final["metadata"]["revision_id"]
+    assert back not in {promoted, blue}  # the old model again, as a new revision
+    CASE_TIMES[f"abort (adapted) {ABORT_ADAPTED_BOUNDARY}"] = time.monotonic() - started

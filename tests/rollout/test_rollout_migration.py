@@ -329,6 +329,25 @@ async def test_an_abort_after_an_adapted_promotion_brings_the_old_model_back(
         assert (version.status, version.status_message) == ("READY", "Deployment is ready")
 
 
+@async_test
+async def test_an_abort_ends_the_migration_even_when_the_promoted_revision_runs_the_old_spec(
+    sqlite_store: Store, onnx_cache_dir: Path, tmp_path: Path, three: list[Path]
+) -> None:
+    """A staged revision with the live one's very model and config, promoted adapted: the old
+    revision's snapshot matches what is live, yet the abort is no "unchanged" deploy: the
+    old model comes back as a new revision and the adapter stops being applied."""
+    async with control_plane(sqlite_store, onnx_cache_dir, tmp_path) as plane:
+        blue, staged = await live_then_staged(plane, three[0], three[0])
+        plane.store_adapter(staged_id=staged)
+        assert (await plane.run("promote", mode="adapted")).status == "done"
+        task = await plane.run("abort", abort_of="adapted", rollback_of=blue)
+        assert task.status == "done", task.detail
+        assert task.task_metadata["result"] == "aborted"
+        assert steps_by_name(task)["switch"] == "done"
+        assert task.task_metadata["revision_id"] not in (blue, staged)
+        assert plane.migration() == ("none", None, None)
+
+
 # ----- delete ------------------------------------------------------------------------------------
 
 

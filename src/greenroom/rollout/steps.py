@@ -183,6 +183,7 @@ def _snapshot(session: Session, ctx: StepContext) -> tuple[StepOutcome, dict[str
     if (
         blue is not None
         and not staged  # a staged revision is always a new one beside the live one
+        and ctx.kind != TaskKind.ABORT  # the old model comes back anew: the migration must end
         and requested is None
         and wanted.matches(blue)
         and blue.ready_replicas
