@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         "--min-overlap",
         type=float,
         default=0.5,
-        help="GREENROOM_ADAPTER_MIN_NEIGHBOUR_OVERLAP (server default 0.6: out of reach for "
-        "this pair on ≥ 1,000 held-out pairs, see the docstring)",
+        help="GREENROOM_ADAPTER_MIN_NEIGHBOUR_OVERLAP (the server's default too; 0.6 is out of "
+        "reach for this pair on ≥ 1,000 held-out pairs, see the docstring)",
     )
     live.add_argument("--shadow-s", type=float, default=10.0, help="shadow phase of part 3")
     live.add_argument(

@@ -53,6 +53,8 @@ def ray_runtime(
 
 
 class TestRayRuntimeConformance(RuntimeConformance):
+    hands_over = False  # a new spec redeploys the Serve application: stopped, then started
+
     @pytest.fixture(autouse=True)
     def _dirs(self, tmp_path: Path, onnx_cache_dir: Path) -> None:
         self.data_dir = tmp_path / "data"

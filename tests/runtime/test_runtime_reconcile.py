@@ -10,7 +10,7 @@ from pathlib import Path
 from factories import FAKE_CONTENT_HASH, HashEngine, add_live_revision
 from helpers import async_test, wait_until
 
-from greenroom.runtime.base import RevisionSpec
+from greenroom.runtime.base import ReplicaState, RevisionSpec
 from greenroom.runtime.fake import FakeRuntime
 from greenroom.runtime.reconcile import Plan, Reconciler, plan, revision_spec
 from greenroom.signals import Signals
@@ -161,7 +161,10 @@ async def test_a_pass_starts_updates_and_stops_only_what_differs(sqlite_store: S
         await reconciler.reconcile_once()
         assert runtime.requests[1:] == [("start", revision_id)]  # the update
         assert runtime.running()[revision_id].max_batch_size == 8
-        assert len(runtime.replicas(revision_id)) == 2
+        await wait_until(  # the new spec's two replicas, once the old one handed over
+            lambda: [r.state for r in runtime.replicas(revision_id)] == [ReplicaState.READY] * 2,
+            what="the update's replicas",
+        )
 
         await runtime.start_revision(spec("stray"))  # runs, but nobody wants it
         runtime.requests.clear()

@@ -239,9 +239,10 @@ def _shown(value: float | None) -> str:
 
 
 async def start_live(ctx: StepContext) -> StepOutcome:
-    """The staged revision's replicas at normal priority: the reconciler restarts them (the
-    spec changed), and the step waits until fresh ones are ready (none on a port the low
-    priority ones had), before any live request reaches them."""
+    """The staged revision's replicas at normal priority: the spec changed, so the reconciler
+    starts them again (the local runtime beside the low-priority ones, which stop once the
+    fresh ones are ready), and the step waits until only fresh ones are ready (none on a port
+    the low-priority ones had), before any live request reaches them."""
     revision_id = green_of(ctx)
     if ctx.metadata.replica_ports_before is None:
         _apply(ctx, await ctx.db(_restart_at_normal_priority, ctx, revision_id))

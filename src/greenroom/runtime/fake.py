@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine
+from greenroom.runtime.handover import Handovers
 from greenroom.runtime.replica import ReplicaServer
 
 LOOPBACK = "127.0.0.1"
 RESTART_DELAY_S = 0.1
+HANDOVER_S = 120.0  # how long a new spec's replicas may take before the old ones stop anyway
 EngineFactory = Callable[[RevisionSpec], Engine]
 T = TypeVar("T")
 
@@ -102,6 +104,7 @@ class FakeReplica:
 
     async def stop(self) -> None:
         self.stopped = True
+        self._set(state=ReplicaState.STOPPING)  # routers move its queued batches elsewhere
         await self._close()
         self.status = replace(self.status, state=ReplicaState.STOPPED, port=None)
 
@@ -127,6 +130,8 @@ class FakeRuntime(RuntimeBackend):
         self.ready_gate.set()
         self._replicas: dict[str, list[FakeReplica]] = {}
         self._specs: dict[str, RevisionSpec] = {}
+        self._started: dict[str, int] = {}  # replicas ever started per revision: the next index
+        self._handovers: Handovers[FakeReplica] = Handovers(self._notify)
         self.loop: asyncio.AbstractEventLoop | None = None  # where the replicas run
 
     def run_threadsafe(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
@@ -138,16 +143,23 @@ class FakeRuntime(RuntimeBackend):
         self.loop = asyncio.get_running_loop()
         if self._specs.get(spec.revision_id) == spec:
             return
-        await self.stop_revision(spec.revision_id)
         self._specs[spec.revision_id] = spec
-        replicas = [FakeReplica(self, spec, i) for i in range(spec.replicas)]
-        self._replicas[spec.revision_id] = replicas
-        self._notify(spec.revision_id)
+        first = self._started.get(spec.revision_id, 0)
+        self._started[spec.revision_id] = first + spec.replicas
+        replicas = [FakeReplica(self, spec, first + i) for i in range(spec.replicas)]
+        if spec.revision_id in self._replicas:  # a new spec: handed over, as the local runtime
+            slots = self._replicas[spec.revision_id]
+            await self._handovers.start(spec.revision_id, slots, replicas, HANDOVER_S)
+        else:
+            self._replicas[spec.revision_id] = replicas
+            self._notify(spec.revision_id)
         for replica in replicas:
             asyncio.get_running_loop().create_task(replica.start())
 
     async def stop_revision(self, revision_id: str) -> None:
+        await self._handovers.cancel(revision_id)
         self._specs.pop(revision_id, None)
+        self._started.pop(revision_id, None)
         for replica in self._replicas.pop(revision_id, []):
             await replica.stop()
         self._notify(revision_id)

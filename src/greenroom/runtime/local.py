@@ -6,7 +6,9 @@ it with exponential back-off when it exits or stops answering. Replicas bind loo
 with this process (parent-death signal), so a killed server leaves no orphans. A replica starts
 with the minimal environment of `environment.replica_environment` (never the server's, which
 holds `GREENROOM_*` secrets) and gets its revision's secret through its standard input. A
-low-priority (staged) revision's replicas run `settings.staged_nice` nicer than live ones.
+low-priority (staged) revision's replicas run `settings.staged_nice` nicer than live ones. A
+running revision's new spec (its priority) is handed over (`greenroom.runtime.handover`): new
+replicas start beside the old, which stop once the new ones are ready.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 from greenroom.config import Settings
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.environment import replica_environment
+from greenroom.runtime.handover import Handovers
 from greenroom.runtime.protocol import ReplicaClient
 
 log = logging.getLogger("greenroom.runtime.local")
@@ -229,19 +232,33 @@ class LocalRuntime(RuntimeBackend):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._specs: dict[str, RevisionSpec] = {}
         self._slots: dict[str, list[ReplicaSlot]] = {}
+        self._started: dict[str, int] = {}  # replicas ever started per revision: the next index
+        self._handovers: Handovers[ReplicaSlot] = Handovers(self._notify)
 
     async def start_revision(self, spec: RevisionSpec) -> None:
-        if self._specs.get(spec.revision_id) == spec:
+        revision_id = spec.revision_id
+        if self._specs.get(revision_id) == spec:
             return
-        if spec.revision_id in self._slots:
-            await self.stop_revision(spec.revision_id)
-        self._specs[spec.revision_id] = spec
-        self._slots[spec.revision_id] = [ReplicaSlot(self, spec, i) for i in range(spec.replicas)]
-        self._notify(spec.revision_id)
+        self._specs[revision_id] = spec
+        new = self._new_slots(spec)
+        if revision_id not in self._slots:
+            self._slots[revision_id] = new
+            self._notify(revision_id)
+            return
+        await self._handovers.start(
+            revision_id, self._slots[revision_id], new, self.settings.replica_start_timeout_s
+        )
+
+    def _new_slots(self, spec: RevisionSpec) -> list[ReplicaSlot]:
+        first = self._started.get(spec.revision_id, 0)
+        self._started[spec.revision_id] = first + spec.replicas
+        return [ReplicaSlot(self, spec, first + i) for i in range(spec.replicas)]
 
     async def stop_revision(self, revision_id: str) -> None:
+        await self._handovers.cancel(revision_id)
         slots = self._slots.pop(revision_id, [])
         self._specs.pop(revision_id, None)
+        self._started.pop(revision_id, None)
         await asyncio.gather(*(slot.stop() for slot in slots))
         self._notify(revision_id)
 
