@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from greenroom import __version__
+from greenroom import __version__, console
 from greenroom.audit import views as audit_views
 from greenroom.audit.middleware import AuditMiddleware
 from greenroom.auth import views as auth_views
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         audit_views,
     ):
         app.include_router(views.api_router)
+    app.mount(console.PATH, console.ConsoleFiles(), name="console")
     install_error_handlers(app)
     document_errors(app, error_family)
     # authentication, then the body limit, before any body is read (greenroom.edge)

@@ -120,7 +120,8 @@ class EdgeMiddleware:
         principal = await authenticate(app.state.authenticator, token)
         scope.setdefault("state", {})["principal"] = principal
         template, _ = match_route(app, scope)
-        if template is not None and (needed := required_scope(scope["method"], template)):
+        needed = required_scope(scope["method"], template) if template is not None else None
+        if needed is not None and needed != policy.ANY_TOKEN:
             require_scope(principal, needed)
 
     async def call_limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:

@@ -35,10 +35,15 @@ DOCS = ["/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"]
 WORKLOADS = "/api/v1/workloads/inferences"
 
 
-def contract_scope(method: str, path: str) -> Scope | None:
+ANY = "any valid token"  # `GET /v1/tokens/self`: a token is needed, whatever its scopes
+
+
+def contract_scope(method: str, path: str) -> Scope | str | None:
     """docs/api/auth.md: which scope a route needs."""
     if path in OPEN_ROUTES:
         return None
+    if (method, path) == ("GET", "/v1/tokens/self"):
+        return ANY
     if path.startswith(("/v1/embeddings", "/v1/models")):
         return Scope.INFER
     if path.startswith(("/v1/tokens", "/v1/audit")):
@@ -60,6 +65,7 @@ def app_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 ROUTES = app_routes(create_app(Settings(default_model_id="")))
 GUARDED = [(m, p) for m, p in ROUTES if contract_scope(m, p) is not None]
+SCOPED = [(m, p) for m, p in GUARDED if contract_scope(m, p) != ANY]
 # The strongest token without the scope a route needs: every other scope but admin.
 LACKING = {
     needed: [s for s in Scope if s is not Scope.ADMIN and needed not in effective_scopes([s])]
@@ -159,21 +165,24 @@ def test_every_route_refuses_before_it_reads_the_body(
     _, client = server
     needed = contract_scope(method, path)
     assert needed is not None
-    lacking = {"Authorization": f"Bearer {tokens[','.join(LACKING[needed])]}"}
-    for headers, status in (({}, 401), (lacking, 403)):
+    refusals: list[tuple[dict[str, str], int]] = [({}, 401)]
+    if needed != ANY:
+        lacking = {"Authorization": f"Bearer {tokens[','.join(LACKING[Scope(needed)])]}"}
+        refusals.append((lacking, 403))
+    for headers, status in refusals:
         headers = {**headers, "content-type": "application/json"}
         response = client.request(method, url(path), content=b"{not json", headers=headers)
         assert_family_shape(path, response, status)
 
 
-@pytest.mark.parametrize(("method", "path"), GUARDED, ids=[f"{m} {p}" for m, p in GUARDED])
+@pytest.mark.parametrize(("method", "path"), SCOPED, ids=[f"{m} {p}" for m, p in SCOPED])
 def test_every_route_refuses_a_token_without_its_scope(
     server: tuple[FastAPI, TestClient], tokens: dict[str, str], method: str, path: str
 ) -> None:
     _, client = server
     needed = contract_scope(method, path)
     assert needed is not None
-    lacking = tokens[",".join(LACKING[needed])]
+    lacking = tokens[",".join(LACKING[Scope(needed)])]
     assert_family_shape(path, call(client, method, path, lacking), 403)
 
 
@@ -184,8 +193,9 @@ def test_every_route_admits_a_token_with_exactly_its_scope(
     _, client = server
     needed = contract_scope(method, path)
     assert needed is not None
-    response = call(client, method, path, tokens[needed])
-    assert response.status_code not in (401, 403), response.text
+    for scope in Scope if needed == ANY else [needed]:
+        response = call(client, method, path, tokens[scope])
+        assert response.status_code not in (401, 403), response.text
     assert call(client, method, path, ADMIN_TOKEN).status_code not in (401, 403)
 
 

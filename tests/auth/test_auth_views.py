@@ -124,3 +124,27 @@ def test_no_valid_token_is_a_401(client: TestClient, authorization: str | None) 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert set(response.json()) == {"detail"}
+
+
+@pytest.mark.parametrize("scopes", [["read"], ["infer"], ["controller", "deploy"], ["admin"]])
+def test_any_valid_token_reads_its_own_id_name_and_scopes(
+    client: TestClient, scopes: list[str]
+) -> None:
+    created = create(client, "console", *scopes)
+    response = client.get(f"{BASE}/self", headers=bearer(created["token"]))
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "id": created["id"],
+        "name": "console",
+        "scopes": scopes,  # as granted, not the scopes they imply
+        "expires_at": None,
+    }
+
+
+def test_own_token_needs_a_valid_token(client: TestClient) -> None:
+    created = create(client, "gone", "read")
+    assert client.delete(f"{BASE}/{created['id']}").status_code == 204
+    for headers in ({"Authorization": ""}, bearer("nope"), bearer(created["token"])):
+        response = client.get(f"{BASE}/self", headers=headers)
+        assert response.status_code == 401
+        assert set(response.json()) == {"detail"}

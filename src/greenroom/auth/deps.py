@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from greenroom.auth.policy import required_scope
+from greenroom.auth.policy import ANY_TOKEN, required_scope
 from greenroom.auth.scopes import Scope
 from greenroom.auth.service import Authenticator, Principal, hash_secret
 from greenroom.errors import ForbiddenError, UnauthorizedError
@@ -50,7 +50,8 @@ async def authorize(request: Request, credentials: Credentials) -> Principal | N
         token = credentials.credentials if credentials else None
         principal = await authenticate(get_authenticator(request), token)
         request.state.principal = principal
-    require_scope(principal, scope)
+    if scope != ANY_TOKEN:
+        require_scope(principal, scope)
     return principal
 
 

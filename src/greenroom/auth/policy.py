@@ -11,12 +11,16 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from greenroom.auth.scopes import Scope
 
 # `/docs`, `/redoc` and `/openapi.json` are not API routes: the auth dependency never sees them.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READ_METHODS = frozenset({"GET", "HEAD"})
+# What a route needs that any valid token has, whatever its scopes (`GET /v1/tokens/self`).
+ANY_TOKEN: Literal["any token"] = "any token"
+Requirement = Scope | Literal["any token"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Rule:
     """`scope` for the routes whose path template matches `path` (a regex) and, when given,
     whose method is one of `methods`."""
 
-    scope: Scope
+    scope: Requirement
     path: str
     methods: frozenset[str] | None = None
 
@@ -36,6 +40,7 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule(Scope.INFER, r"/v1/(embeddings|models)(/.*)?"),
+    Rule(ANY_TOKEN, r"/v1/tokens/self", frozenset({"GET", "HEAD"})),
     Rule(Scope.ADMIN, r"/v1/tokens(/.*)?"),
     Rule(Scope.ADMIN, r"/v1/audit(/.*)?"),
     Rule(Scope.CONTROLLER, r"/apis/.*/deployments/\{[^/]+\}/status", frozenset({"POST"})),
@@ -43,7 +48,7 @@ RULES: tuple[Rule, ...] = (
 
 
 @functools.cache
-def required_scope(method: str, path: str) -> Scope | None:
+def required_scope(method: str, path: str) -> Requirement | None:
     """The scope a route needs (None: an open route). `path` is the route's template
     (`/deploy/{task_id}`), never a request's URL, so the cache stays as small as the URL map."""
     if path in OPEN_PATHS:

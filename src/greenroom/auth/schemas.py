@@ -38,6 +38,17 @@ class TokenCreate(BaseModel):
         return list(dict.fromkeys(scopes))
 
 
+class TokenSelf(BaseModel):
+    """`GET /v1/tokens/self`: the caller's token, never its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    scopes: list[Scope]
+    expires_at: UtcDateTime | None
+
+
 class TokenRead(BaseModel):
     """A token as listed: never its secret."""
 

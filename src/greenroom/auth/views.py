@@ -1,4 +1,5 @@
-"""`/v1/tokens`: create, list and revoke tokens (admin only; docs/api/auth.md)."""
+"""`/v1/tokens`: create, list and revoke tokens (admin only), and `GET /v1/tokens/self` (any
+valid token: who am I; docs/api/auth.md)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from greenroom.auth import service as auth_service
-from greenroom.auth.deps import get_authenticator
-from greenroom.auth.schemas import TokenCreate, TokenCreated, TokenRead
+from greenroom.auth.deps import INVALID_TOKEN, CurrentPrincipal, get_authenticator
+from greenroom.auth.schemas import TokenCreate, TokenCreated, TokenRead, TokenSelf
 from greenroom.auth.service import Authenticator
 from greenroom.deps import DbSession
+from greenroom.errors import UnauthorizedError
 
 api_router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
@@ -29,6 +31,16 @@ def create_token(token_in: TokenCreate, authenticator: AuthenticatorDep) -> Toke
         expires_at=token.expires_at,
         token=secret,
     )
+
+
+@api_router.get("/self", response_model=TokenSelf)
+def read_own_token(principal: CurrentPrincipal, db_session: DbSession) -> TokenSelf:
+    """The caller's own token (any valid token, whatever its scopes): its id, name, the scopes
+    it was granted and when it expires. The console asks it to know what it may show."""
+    token = auth_service.get(db_session, token_id=principal.id)
+    if token is None:  # revoked and deleted between the check and now
+        raise UnauthorizedError(INVALID_TOKEN)
+    return TokenSelf.model_validate(token)
 
 
 @api_router.get("", response_model=list[TokenRead])
