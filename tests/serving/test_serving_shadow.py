@@ -15,6 +15,7 @@ from helpers import async_test, wait_until
 from migration_harness import NAME, MigrationHarness, migration_harness, sample
 
 from greenroom.migrations.adapters import neighbour_overlap_at_k
+from greenroom.serving import shadow as shadow_module
 from greenroom.serving.shadow import LATENCY_SAMPLES, MAX_SHADOW_INPUTS, ShadowRecorder
 
 TEXTS = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
@@ -224,3 +225,32 @@ def test_the_recorder_is_bounded_and_compares_equal_dimensions() -> None:
     empty = ShadowRecorder("green", window=50).snapshot().summary()
     assert empty["pairs"] == 0 and empty["mean_cosine"] is None
     assert empty["neighbour_overlap_at_10"] is None
+
+
+@async_test
+async def test_an_unchanged_window_is_not_compared_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quadratic figures are computed once per recorded pair, not once per summary."""
+    calls: list[int] = []
+    real = shadow_module.neighbour_overlap_at_k
+
+    def counted(a: np.ndarray, b: np.ndarray, *, k: int) -> float:
+        calls.append(len(a))
+        return real(a, b, k=k)
+
+    monkeypatch.setattr(shadow_module, "neighbour_overlap_at_k", counted)
+    recorder = ShadowRecorder("green", window=50)
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(20, 4)).astype(np.float32)
+    recorder.record(vectors, vectors, live_latency_s=0.001, staged_latency_s=0.002)
+    first = await recorder.summary()
+    recorder.sampled(3)  # counts change, pairs do not
+    second = await recorder.summary()
+    assert calls == [20]
+    assert second["requests"] == 1 and second["pairs"] == 20
+    assert second["neighbour_overlap_at_10"] == first["neighbour_overlap_at_10"]
+    recorder.record(vectors[:5], -vectors[:5], live_latency_s=0.001, staged_latency_s=0.002)
+    third = await recorder.summary()
+    assert calls == [20, 25] and third["pairs"] == 25
+    assert third["mean_cosine"] < first["mean_cosine"]
