@@ -422,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-logs", type=Path, default=None, help="copy the server's logs here at the end"
     )
     live.add_argument("--window", type=int, default=2000, help="GREENROOM_SHADOW_WINDOW")
+    live.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("overlap", "throughput", "sequence"),
+        default=["overlap", "throughput", "sequence"],
+        help="which parts of the live half run (GREENROOM_STAGED_NICE in the environment "
+        "reaches the server: compare priorities run by run)",
+    )
     args = parser.parse_args(argv)
     if args.live:
         return run_live_half(args)

@@ -7,6 +7,8 @@ deploy). Load comes from a separate process (a spawn pool of one, httpx.AsyncCli
 `bench/serving.py`; every input is a single sentence of the corpus (evaluation queries and
 documents' sentences, shuffled once). In this order:
 
+`--parts` picks some of the three (each on the staged revision of the first staged deploy):
+
 1. overlap: shadow fraction 1.0, paced load at concurrency 4 (not saturating) until ≥ 1,000
    inputs were shadowed (embedded by both sides); the shadow report's neighbour_overlap_at_10,
    next to the offline overlap@10 of the same two models on texts of the same pool (cached
@@ -14,9 +16,9 @@ documents' sentences, shuffled once). In this order:
 2. throughput: unpaced single-sentence load at concurrency 16 for a fixed duration (after a
    warm-up) at shadow 0 %, 5 %, 20 % and 0 % again (the repeat shows the machine's noise), with
    the shadow report's counters for each (deltas; the warm-up included).
-3. an abort of that staged revision, then under a steady paced load at concurrency 4 the whole
-   time: stage → shadow (5 %) → samples upload → fit → promote adapted → finish; every failed
-   request is counted and put to the task it happened in.
+3. sequence: an abort of that staged revision, then under a steady paced load at concurrency 4
+   the whole time: stage → shadow (5 %) → samples upload → fit → promote adapted → finish; every
+   failed request is counted and put to the task it happened in.
 """
 
 from __future__ import annotations
@@ -627,8 +629,13 @@ def run_parts(
     setup: list[Step] = []
     timed(setup, control.server, "first stage (no load)", lambda: stage(control, inputs.mpnet_path))
     report.settings["first_stage_s"] = setup[-1].seconds
-    report.overlap = measure_overlap(pool, control, inputs, texts, args, tmp)
-    report.throughput = measure_throughput(pool, control, texts, args)
+    parts = set(args.parts)
+    if "overlap" in parts:
+        report.overlap = measure_overlap(pool, control, inputs, texts, args, tmp)
+    if "throughput" in parts:
+        report.throughput = measure_throughput(pool, control, texts, args)
+    if "sequence" not in parts:
+        return
     body = {"embedding_model_id": MODEL}
     timed(
         setup, control.server, "abort (no load)", lambda: task_status(control.task("abort", body))
