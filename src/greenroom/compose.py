@@ -120,6 +120,8 @@ class Parts:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
         if serving is not None:
+            with contextlib.suppress(Exception):  # the last seconds of traffic, then goodbye
+                await serving.sync.write_traffic(force=True)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(serving.sync.forget_report)
             await serving.router.close()

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     shadow_window: int = Field(default=2000, ge=10, le=20000)
     shadow_summary_interval_s: float = Field(default=2.0, gt=0.0, le=60.0)
     staged_nice: int = Field(default=10, ge=0, le=19)
+    # How often each API process writes the traffic buckets that changed to the store, which
+    # `GET /v1/traffic` merges (docs/api/traffic.md).
+    traffic_summary_interval_s: float = Field(default=5.0, gt=0.0, le=60.0)
     # TEST ONLY, off by default: "<kind>:<step>" (e.g. "deploy:start_green", "delete:stop"). The
     # task runner kills its own process with SIGKILL right after step <step> of a <kind> task
     # (deploy | delete | promote | finish | abort) is recorded finished in the store, so the

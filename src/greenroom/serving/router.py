@@ -63,6 +63,7 @@ from greenroom.serving.batching import BatchQueue
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
 from greenroom.serving.shadow import MAX_SHADOW_INPUTS, ShadowRecorder
 from greenroom.serving.tokenizing import CutRule, cut_rule, encode_texts, load_tokenizer
+from greenroom.serving.traffic import TrafficRecorder
 
 log = logging.getLogger("greenroom.router")
 # Requests whose strings hold more characters are tokenised in a thread (the tokenizer's batch
@@ -75,6 +76,17 @@ LiveSource = Callable[[], Awaitable[None]]
 PIN_LIVE, PIN_STAGED = "live", "staged"
 SHADOW_PRINCIPAL = "greenroom:shadow"  # shadow items share the staged queue under this name
 TOKEN_IDS_AMBIGUOUS = "token ids are ambiguous during a migration; send text, or use name@live"
+
+
+@dataclass
+class ServedBy:
+    """Filled in by `Router.embed` for its caller: the revision that computed the vectors (or,
+    when the request failed, the one it was sent to; None when no revision took it)."""
+
+    revision_id: str | None = None
+
+    def note(self, route: RevisionRoute) -> None:
+        self.revision_id = route.revision_id
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,9 @@ class Router:
         self._migrations: dict[str, NameMigration] = {}  # by served name
         self._failed_adapters: set[str] = set()  # adapter ids whose parameters did not load
         self._shadow_tasks: set[asyncio.Task[None]] = set()  # strong references until done
+        # the last hour of traffic per served name and revision (GET /v1/traffic): requests are
+        # recorded by the view beside their metrics, batches and queue depths here
+        self.traffic = TrafficRecorder()
         replicas.subscribe(self._on_replicas_change)
 
     # ----- the live-revision pointer -------------------------------------------------------
@@ -357,18 +372,21 @@ class Router:
         *,
         dimensions: int | None = None,
         principal: str = "",
+        served_by: ServedBy | None = None,
     ) -> EmbeddingResult:
         """Embed the inputs for `principal` (the token's id), who shares batches and the queue
         with the other principals (`BatchQueue`). `served_name` may be a pinned name
         (`name@live`, `name@staged`, `name@<revision id>`): that revision answers, raw, or
         nothing does. A plain name's request that reaches a withdrawn revision is sent again
         to the live one, answers through the adapter under `adapted`, and may be shadowed
-        (module docstring)."""
+        (module docstring). `served_by`, when given, learns which revision served it."""
+        served_by = served_by if served_by is not None else ServedBy()
         name, at, pin = served_name.partition("@")
         if at:
             route = self._pinned_route(name, pin, served_name)
+            served_by.note(route)
             return await self._embed_on(route, served_name, inputs, dimensions, principal)
-        return await self._embed_served(served_name, inputs, dimensions, principal)
+        return await self._embed_served(served_name, inputs, dimensions, principal, served_by)
 
     def _pinned_route(self, name: str, pin: str, model: str) -> RevisionRoute:
         live, staged = self._live.get(name), self.staged(name)
@@ -393,10 +411,12 @@ class Router:
         inputs: list[str] | list[list[int]],
         dimensions: int | None,
         principal: str,
+        served_by: ServedBy,
     ) -> EmbeddingResult:
         route = self._live.get(served_name)
         if route is None:
             raise ModelNotFoundError(f"The model '{served_name}' does not exist.")
+        served_by.note(route)
         migration = self._migrations.get(served_name)
         adapted = migration is not None and migration.stage == MigrationStage.ADAPTED
         if adapted and not isinstance(inputs[0], str):
@@ -409,6 +429,7 @@ class Router:
         route, vectors, prompt_tokens = await self._embed_following(
             route, served_name, inputs, principal
         )
+        served_by.note(route)  # the revision that computed the vectors
         live_latency_s = time.perf_counter() - started
         result = await self._answer(served_name, route, vectors, prompt_tokens, dimensions)
         self._maybe_shadow(served_name, route, inputs, vectors, live_latency_s)
@@ -517,6 +538,7 @@ class Router:
         ticket = RequestTicket(principal)
         items = [EmbeddingItem(ids, loop.create_future(), ticket) for ids in token_ids]
         route.queue.put(items)
+        self.traffic.queue_depth(route.revision.served_name, route.revision_id, len(route.queue))
         try:
             return np.stack(await asyncio.gather(*(item.future for item in items)))
         finally:
@@ -797,6 +819,7 @@ class Router:
                     item.future.set_exception(exc)
             return
         self.metrics.batch_size.labels(name).observe(len(batch))
+        self.traffic.batch(name, route.revision_id, size=len(batch))
         self.metrics.batch_duration.labels(name).observe(time.perf_counter() - started)
         for item, vector in zip(batch, vectors, strict=True):
             if not item.future.done():

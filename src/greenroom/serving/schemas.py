@@ -94,3 +94,51 @@ def _most_telling(errors: list[Any]) -> Any:
     """The error to report: a broken bound before a type mismatch. `input` is a union, so
     pydantic reports one error per shape it tried; the bound says what is really wrong."""
     return next((e for e in errors if e["type"] in CONSTRAINT_ERRORS), errors[0])
+
+
+# ----- GET /v1/traffic (docs/api/traffic.md) ----------------------------------------------------
+
+
+class TrafficPointRead(BaseModel):
+    """One 10-s bucket of one (served name, revision), summed over every API process."""
+
+    t: int = Field(description="the bucket's start, epoch seconds (a multiple of resolution_s)")
+    requests: int = Field(description="requests answered in the bucket, errors included")
+    errors: int = Field(description="requests not answered 200")
+    inputs: int = Field(description="inputs embedded by the answered requests")
+    latency_counts: list[int] = Field(
+        description="answered requests per latency bucket: one per bound of latency_bounds_ms "
+        "(at most that many ms, above the previous one), then one above the last bound"
+    )
+    latency_sum_ms: float = Field(description="the sum of the answered requests' latencies")
+    p50_ms: float | None = Field(
+        description="median latency estimated from latency_counts; null with no answers"
+    )
+    p99_ms: float | None = Field(
+        description="99th percentile estimated from latency_counts; null with no answers"
+    )
+    batch_counts: list[int] = Field(
+        description="batches per size bucket of batch_size_bounds, then one above the last bound"
+    )
+    batches: int = Field(description="batches sent to the revision's replicas")
+    queue_depth_max: int = Field(description="the most inputs seen waiting in the queue")
+
+
+class TrafficSeriesRead(BaseModel):
+    served_name: str
+    revision_id: str
+    points: list[TrafficPointRead] = Field(
+        description="ascending by t; only buckets with something in them"
+    )
+
+
+class TrafficRead(BaseModel):
+    """The traffic of the last `window_s` seconds, per served name and revision."""
+
+    resolution_s: int = Field(description="the length of a bucket in seconds (10)")
+    window_s: int
+    now: float = Field(description="the server's time of the answer, epoch seconds")
+    processes: int = Field(description="API processes whose traffic is in the answer")
+    latency_bounds_ms: list[int]
+    batch_size_bounds: list[int]
+    series: list[TrafficSeriesRead]

@@ -25,6 +25,11 @@ stage together) is one atomic change for requests here too. Every few seconds
 (`shadow_summary_interval_s`) the router's shadow recorders are summarised into the store
 (`migrations.service.write_shadow_summary`), which the migration API merges.
 
+**Traffic.** Every `traffic_summary_interval_s` the buckets of the router's traffic recorder that
+changed since the last write are written to the store, one row per (router id, 10-s bucket), and
+rows past the hour are deleted (`serving.traffic.write_traffic_summaries`); `GET /v1/traffic`
+merges them. A failed write counts its buckets as changed again: the next one retries them.
+
 The store is read through the workloads and registry services (live pointers, revisions, the
 embedding model); the router reports are serving's own rows (`greenroom.serving.models`).
 """
@@ -51,6 +56,7 @@ from greenroom.runtime.base import ReplicaStatus
 from greenroom.serving.models import RouterReport
 from greenroom.serving.replicas import StoreReplicas, replicas_from_report
 from greenroom.serving.router import Router, ServedRevision
+from greenroom.serving.traffic import write_traffic_summaries
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
 from greenroom.workloads import service as workloads_service
@@ -99,6 +105,7 @@ class RouterSync:
         self._known: dict[str, ServedRevision] = {}  # revision id -> prepared revision
         self._last_report: tuple[dict, dict, dict] | None = None
         self._summaries_written_at = float("-inf")  # monotonic time of the last shadow write
+        self._traffic_written_at = float("-inf")  # monotonic time of the last traffic write
         self._pass_lock = asyncio.Lock()
         self._passes_started = 0
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
@@ -112,6 +119,7 @@ class RouterSync:
                 await self.sync_once()
                 await self.report()
                 await self.write_shadow_summaries()
+                await self.write_traffic()
             except Exception:  # keep following the store; the next pass retries
                 log.exception("router sync failed")
             await self.signals.wait_any(self._topics)
@@ -278,6 +286,29 @@ class RouterSync:
                 migrations_service.write_shadow_summary(
                     session, served_name=name, router_id=self.router_id, summary=summary
                 )
+
+    async def write_traffic(self, *, force: bool = False) -> None:
+        """Write the traffic buckets that changed since the last write, at most every
+        `traffic_summary_interval_s` (unless `force`); nothing when none changed."""
+        now = time.monotonic()
+        interval = self.router.settings.traffic_summary_interval_s
+        if not force and now - self._traffic_written_at < interval:
+            return
+        self._traffic_written_at = now
+        changed = self.router.traffic.take_changed()  # on the loop: the recorder's own thread
+        if not changed:
+            return
+        try:
+            await asyncio.to_thread(self._write_traffic, changed)
+        except BaseException:
+            self.router.traffic.mark_changed(changed)
+            raise
+
+    def _write_traffic(self, changed: dict[int, list[dict]]) -> None:
+        with self.store.session_scope() as session:
+            write_traffic_summaries(
+                session, router_id=self.router_id, buckets=changed, now=time.time()
+            )
 
     def forget_report(self) -> None:
         """On shutdown: a router that stops must not hold up drains."""

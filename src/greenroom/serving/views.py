@@ -1,4 +1,10 @@
-"""`POST /v1/embeddings` and `GET /v1/models`, OpenAI compatible; errors in OpenAI's envelope."""
+"""`POST /v1/embeddings` and `GET /v1/models`, OpenAI compatible, errors in OpenAI's envelope;
+`GET /v1/traffic` (docs/api/traffic.md), errors in `{"detail": ...}` as the control plane's.
+
+An embedding request is counted twice in the same place: in the Prometheus metrics, and in the
+router's traffic recorder under the same plain served name and the revision that served it
+(`ServedBy`); names that do not exist are counted in neither traffic series.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,19 @@ from collections.abc import Mapping
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from greenroom.auth.deps import CurrentPrincipal
+from greenroom.deps import DbSession
 from greenroom.errors import GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
+from greenroom.serving import traffic
 from greenroom.serving.items import EmbeddingResult
-from greenroom.serving.router import RevisionRoute, Router
-from greenroom.serving.schemas import EmbeddingRequest, parse_embedding_request
+from greenroom.serving.router import RevisionRoute, Router, ServedBy
+from greenroom.serving.schemas import EmbeddingRequest, TrafficRead, parse_embedding_request
 
-api_router = APIRouter(tags=["embeddings"])
+api_router = APIRouter()
 
 OPENAI_PATH_PREFIXES = ("/v1/embeddings", "/v1/models")
 EMBEDDING_SPACE_HEADER = "x-embedding-space"
@@ -48,6 +56,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 @api_router.post(
     "/v1/embeddings",
+    tags=["embeddings"],
     responses={
         404: {"description": "No live deployment serves the model"},
         429: {"description": "The model's queue, or the caller's share of it, is full"},
@@ -66,6 +75,7 @@ async def create_embeddings(
     """Embed strings or token-id lists with the live revision of a served name."""
     started = time.perf_counter()
     label = "unknown"
+    served_by = ServedBy()
     try:
         # the body limit was enforced while it streamed in (greenroom.edge)
         body = await request.body()
@@ -79,16 +89,30 @@ async def create_embeddings(
             payload.inputs(),
             dimensions=payload.dimensions,
             principal=principal.id,
+            served_by=served_by,
         )
     except GreenroomError as exc:
         if isinstance(exc, ModelNotFoundError):
             label = "unknown"  # unknown names must not grow label sets
         metrics.requests.labels(label, str(exc.status_code)).inc()
+        _record_failure(router, label, served_by, exc.status_code)
         raise
+    except Exception:  # answered 500 by the app's handler: an error of the traffic too
+        _record_failure(router, label, served_by, 500)
+        raise
+    latency_s = time.perf_counter() - started
     metrics.requests.labels(label, "200").inc()
     metrics.inputs.labels(label).inc(len(result.vectors))
     metrics.tokens.labels(label).inc(result.prompt_tokens)
-    metrics.request_duration.labels(label).observe(time.perf_counter() - started)
+    metrics.request_duration.labels(label).observe(latency_s)
+    if served_by.revision_id is not None:
+        router.traffic.request(
+            label,
+            served_by.revision_id,
+            status=200,
+            inputs=len(result.vectors),
+            latency_s=latency_s,
+        )
     return Response(
         content=render_embeddings(payload, result),
         media_type="application/json",
@@ -96,7 +120,14 @@ async def create_embeddings(
     )
 
 
-@api_router.get("/v1/models")
+def _record_failure(router: Router, label: str, served_by: ServedBy, status: int) -> None:
+    """A request that reached a revision and failed; one that reached none (an unknown name, a
+    body that does not parse) belongs to no traffic series."""
+    if label != "unknown" and served_by.revision_id is not None:
+        router.traffic.request(label, served_by.revision_id, status=status)
+
+
+@api_router.get("/v1/models", tags=["embeddings"])
 async def list_models(router: RouterDep, pinned: bool = False) -> JSONResponse:
     """The served names that are live now; with `pinned=true` also the pinned names that answer
     now (`name@live`, `name@<live revision id>`, and while a revision is staged and ready
@@ -109,6 +140,31 @@ async def list_models(router: RouterDep, pinned: bool = False) -> JSONResponse:
         for name, route in routes
     ]
     return JSONResponse({"object": "list", "data": data})
+
+
+@api_router.get("/v1/traffic", tags=["traffic"], response_model=TrafficRead)
+def get_traffic(
+    db_session: DbSession,
+    served_name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=traffic.MAX_SERVED_NAME_CHARS,
+            description="only this served name's series (as on /v1/embeddings, without @)",
+        ),
+    ] = None,
+    window_s: Annotated[
+        int,
+        Query(
+            ge=traffic.WINDOW_MIN_S,
+            le=traffic.WINDOW_MAX_S,
+            description="how many seconds back, up to the last hour",
+        ),
+    ] = traffic.HISTORY_S,
+) -> TrafficRead:
+    """Requests, errors, latency and batch-size histograms and queue depth per served name and
+    revision, in 10-s buckets, merged over every API process (docs/api/traffic.md)."""
+    return traffic.traffic_history(db_session, window_s=window_s, served_name=served_name)
 
 
 def _created(route: RevisionRoute) -> int:
