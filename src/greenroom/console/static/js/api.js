@@ -68,7 +68,7 @@ export function errorMessage(status, data) {
   if (data && typeof data === "object") {
     if (typeof data.detail === "string") return data.detail;
     if (Array.isArray(data.detail) && data.detail.length) {
-      return data.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+      return data.detail.map(validationMessage).join("; ");
     }
     if (typeof data.message === "string") return data.message;
     if (data.error && typeof data.error.message === "string") return data.error.message;
@@ -85,4 +85,12 @@ export function query(params) {
   }
   const text = search.toString();
   return text ? `?${text}` : "";
+}
+
+/** One entry of a 422's list: the field it is about (without the leading "body"), then why. */
+function validationMessage(entry) {
+  if (!entry || typeof entry !== "object") return String(entry);
+  const where = Array.isArray(entry.loc) ? entry.loc.filter((part) => part !== "body").join(".") : "";
+  const why = entry.msg || JSON.stringify(entry);
+  return where ? `${where}: ${why}` : why;
 }

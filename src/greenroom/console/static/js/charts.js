@@ -28,8 +28,9 @@ export function sparkline(el, xs, ys, { label = "value" } = {}) {
   );
 }
 
-/** A time chart with one line per series: `series` is [{label, values}], all over `xs`. */
-export function lineChart(el, xs, series, { title, unit = "", height = 220 } = {}) {
+/** A time chart with one line per series: `series` is [{label, values}], all over `xs`;
+ * `yRange` fixes the y axis ([0, 1] for an overlap). */
+export function lineChart(el, xs, series, { title, unit = "", height = 220, yRange } = {}) {
   el.replaceChildren();
   el.setAttribute("role", "img");
   el.setAttribute("aria-label", title || series.map((s) => s.label).join(", "));
@@ -42,8 +43,18 @@ export function lineChart(el, xs, series, { title, unit = "", height = 220 } = {
       height,
       axes: [
         { stroke: css("--muted"), grid: { stroke: css("--grid") } },
-        { stroke: css("--muted"), grid: { stroke: css("--grid") }, values: (u, ticks) => ticks.map((t) => `${t}${unit}`) },
+        {
+          stroke: css("--muted"),
+          grid: { stroke: css("--grid") },
+          size: 50 + 8 * unit.length, // room for "1000 ms"
+          values: (u, ticks) => ticks.map((t) => `${t}${unit}`),
+        },
       ],
+      scales: {
+        // a few points close together: a minute's axis rather than sub-second ticks
+        x: { range: (u, min, max) => (max - min < 60 ? [max - 60, max + 1] : [min, max]) },
+        ...(yRange ? { y: { range: yRange } } : {}),
+      },
       series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: css(palette[i % palette.length]), width: 1.5, spanGaps: true }))],
     },
     [xs, ...series.map((s) => s.values)],

@@ -44,7 +44,16 @@ export function table(columns, rows, { testid, rowAttrs, empty = "Nothing yet." 
     h(
       "table",
       { "data-testid": testid },
-      h("thead", {}, h("tr", {}, columns.map(([heading]) => h("th", { scope: "col" }, heading)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          // a column without a heading (its buttons) still has one for screen readers
+          columns.map(([heading]) => h("th", { scope: "col" }, heading || h("span", { class: "visually-hidden" }, "Actions"))),
+        ),
+      ),
       h(
         "tbody",
         {},
