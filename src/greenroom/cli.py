@@ -143,6 +143,9 @@ def serve(
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it
     # found: this one makes the end of a graceful stop exit 0 instead of death by signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    logging.getLogger("greenroom").info(
+        "the web console: http://%s:%d/ui/ (sign in with a token)", settings.host, settings.port
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

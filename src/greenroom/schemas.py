@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 from greenroom.config import Engine, Quantization, RuntimeTarget, default_threads
 
@@ -116,6 +123,21 @@ MAX_BATCH_SIZE = Field(ge=1, le=2048, description="inputs per engine batch")
 MAX_BATCH_TOKENS = Field(ge=1, le=1_048_576, description="padded tokens per engine batch")
 MAX_QUEUE = Field(ge=1, le=65_536, description="inputs waiting per served name")
 THREADS = Field(ge=1, le=256, description="engine threads per replica")
+CACHE_MIB = Field(
+    ge=0,
+    le=65_536,
+    description="MiB of exact embedding cache per revision in each API process (keyed by the "
+    "token ids: a hit is the revision's own vector); 0: off",
+)
+# Replicas that follow the load (issue 13): with min_replicas and max_replicas both given, the
+# count moves between them; without them `replicas` is a fixed count. Ray Serve's defaults.
+MIN_REPLICAS = Field(ge=1, le=64, description="autoscaling: the fewest replicas")
+MAX_REPLICAS = Field(ge=1, le=64, description="autoscaling: the most replicas")
+TARGET_ONGOING_REQUESTS = Field(
+    gt=0, le=1024, description="autoscaling: requests in flight per replica to aim at"
+)
+UPSCALE_DELAY_S = Field(ge=0, le=3600, description="autoscaling: load above target this long")
+DOWNSCALE_DELAY_S = Field(ge=0, le=86_400, description="autoscaling: load below target this long")
 EnvName = Annotated[str, Field(pattern=rf"^{ENV_NAME_PATTERN.pattern}$")]
 EnvValue = Annotated[str, Field(max_length=MAX_ENV_VALUE_CHARS)]
 ADDITIONAL_ENVS = Field(
@@ -145,6 +167,21 @@ class ExecutorConfig(BaseModel):
     threads: Annotated[int, THREADS] = Field(default_factory=default_threads)
     runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
     additional_envs: Annotated[AdditionalEnvs, ADDITIONAL_ENVS] = Field(default_factory=dict)
+    cache_mib: Annotated[int, CACHE_MIB] = 0
+    min_replicas: Annotated[int | None, MIN_REPLICAS] = None
+    max_replicas: Annotated[int | None, MAX_REPLICAS] = None
+    target_ongoing_requests: Annotated[float, TARGET_ONGOING_REQUESTS] = 2.0
+    upscale_delay_s: Annotated[float, UPSCALE_DELAY_S] = 30.0
+    downscale_delay_s: Annotated[float, DOWNSCALE_DELAY_S] = 600.0
+
+    @model_validator(mode="after")
+    def _a_whole_range(self) -> ExecutorConfig:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("give min_replicas and max_replicas together, or neither")
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_replicas must not be above max_replicas")
+        return self
 
 
 class ServingSettings(ExecutorConfig):
@@ -168,6 +205,12 @@ class ConfigOverrides(BaseModel):
     max_queue: Annotated[int | None, MAX_QUEUE] = None
     threads: Annotated[int | None, THREADS] = None
     runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
+    cache_mib: Annotated[int | None, CACHE_MIB] = None
+    min_replicas: Annotated[int | None, MIN_REPLICAS] = None
+    max_replicas: Annotated[int | None, MAX_REPLICAS] = None
+    target_ongoing_requests: Annotated[float | None, TARGET_ONGOING_REQUESTS] = None
+    upscale_delay_s: Annotated[float | None, UPSCALE_DELAY_S] = None
+    downscale_delay_s: Annotated[float | None, DOWNSCALE_DELAY_S] = None
 
     def as_dict(self) -> dict[str, Any]:
         """The overrides the caller gave, nulls included (they reset a key to its default)."""

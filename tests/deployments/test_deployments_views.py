@@ -44,7 +44,16 @@ CONFIG_FIELDS = {
     "model_spec",
     "executor_config",
 }
+SCALING_AND_CACHE_DEFAULTS = {  # issue 13: replicas that follow the load, the exact cache
+    "cache_mib": 0,
+    "min_replicas": None,
+    "max_replicas": None,
+    "target_ongoing_requests": 2.0,
+    "upscale_delay_s": 30.0,
+    "downscale_delay_s": 600.0,
+}
 EXECUTOR_FIELDS = {
+    *SCALING_AND_CACHE_DEFAULTS,
     "gpu",
     "replicas",
     "quantization",
@@ -163,6 +172,7 @@ def test_create_config_fills_the_contract_defaults(client: TestClient) -> None:
         "threads": None,  # the cores of the machine that runs it
         "runtime": None,
         "additional_envs": {},
+        **SCALING_AND_CACHE_DEFAULTS,
     }
     assert_rfc3339_utc(config["created_at"])
     assert_rfc3339_utc(config["updated_at"])
@@ -179,6 +189,12 @@ def test_create_config_with_every_field(client: TestClient) -> None:
         "threads": 3,
         "runtime": "ray",
         "additional_envs": {"OMP_NUM_THREADS": "1"},
+        "cache_mib": 64,
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 3.0,
+        "upscale_delay_s": 5.0,
+        "downscale_delay_s": 60.0,
     }
     config = create_config(
         client,

@@ -12,15 +12,21 @@ from greenroom.config import Engine, Quantization, RuntimeTarget
 from greenroom.deployments.models import Deployment, DeploymentConfig
 from greenroom.schemas import (
     ADDITIONAL_ENVS,
+    CACHE_MIB,
+    DOWNSCALE_DELAY_S,
     GPU,
     MAX_BATCH_SIZE,
     MAX_BATCH_TOKENS,
     MAX_QUEUE,
+    MAX_REPLICAS,
     MAX_VERSION,
+    MIN_REPLICAS,
     REPLICAS,
     RUNTIME,
+    TARGET_ONGOING_REQUESTS,
     TEXT_PATTERN,
     THREADS,
+    UPSCALE_DELAY_S,
     AdditionalEnvs,
     Description,
     Name,
@@ -93,6 +99,12 @@ class ExecutorConfigUpdate(BaseModel):
     threads: Annotated[int | None, THREADS] = None
     runtime: Annotated[RuntimeTarget | None, RUNTIME] = None
     additional_envs: Annotated[AdditionalEnvs | None, ADDITIONAL_ENVS] = None
+    cache_mib: Annotated[int | None, CACHE_MIB] = None
+    min_replicas: Annotated[int | None, MIN_REPLICAS] = None
+    max_replicas: Annotated[int | None, MAX_REPLICAS] = None
+    target_ongoing_requests: Annotated[float | None, TARGET_ONGOING_REQUESTS] = None
+    upscale_delay_s: Annotated[float | None, UPSCALE_DELAY_S] = None
+    downscale_delay_s: Annotated[float | None, DOWNSCALE_DELAY_S] = None
 
 
 class ExecutorConfigRead(BaseModel):
@@ -108,6 +120,12 @@ class ExecutorConfigRead(BaseModel):
     threads: int | None = None
     runtime: RuntimeTarget | None = None
     additional_envs: dict[str, str] = Field(default_factory=dict)
+    cache_mib: int = 0
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
 
 
 class DeploymentConfigCreate(BaseModel):
