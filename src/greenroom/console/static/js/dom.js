@@ -40,7 +40,8 @@ export function table(columns, rows, { testid, rowAttrs, empty = "Nothing yet." 
   if (!rows.length) return h("p", { class: "empty", "data-testid": testid && `${testid}-empty` }, empty);
   return h(
     "div",
-    { class: "table-wrap" },
+    // focusable, so a table wider than the screen can be scrolled from the keyboard
+    { class: "table-wrap", tabindex: "0", role: "region", "aria-label": testid ? testid.replace(/-/g, " ") : "table" },
     h(
       "table",
       { "data-testid": testid },

@@ -551,12 +551,12 @@ function renderAdapter(el, adapter, thresholds) {
   ];
   const measures = h(
     "div",
-    { class: "table-wrap" },
+    { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "adapter thresholds" },
     h(
       "table",
       { "data-testid": "adapter-thresholds" },
       h("caption", { class: "muted" }, "Held-out measures after the adapter, and what an adapted promotion asks"),
-      h("thead", {}, h("tr", {}, ["measure", "value", "threshold", ""].map((heading) => h("th", { scope: "col" }, heading)))),
+      h("thead", {}, h("tr", {}, ["measure", "value", "threshold", "verdict"].map((heading) => h("th", { scope: "col" }, heading)))),
       h(
         "tbody",
         {},
