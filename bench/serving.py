@@ -13,6 +13,16 @@ What it measures, in this order:
 3. A replica of our own, called directly through `ReplicaClient` at concurrency 1; its p50
    subtracted from (c)'s gives the router + HTTP overhead.
 
+With `--repeat-share S` it measures the exact embedding cache instead (nothing of the above):
+one `greenroom serve`, 16-sentence requests at concurrency 4 where each input is, with
+probability S, one of `HOT_SENTENCES` repeated sentences (sent once before each measurement)
+and otherwise a sentence never sent before; in `--rounds` rounds of (no cache, cache), each
+side after a deploy of the default model with `cache_mib` 0, then `--cache-mib` (a green
+rollout, `POST /internal/inference-deployment/deploy` as `greenroom deploy` sends it), so the
+machine's drift falls on both alike: requests/s side by side, their ratio (also per replica
+CPU-second), and the share of inputs the `x-cache` header says the cache answered.
+Run: `.venv/bin/python bench/serving.py --repeat-share 0.5 --duration 60`.
+
 Every process started here is stopped at the end, also on Ctrl-C or an error.
 Run: `.venv/bin/python bench/serving.py --data-dir /tmp/gr-bench` (see `--help`).
 """
@@ -492,6 +502,8 @@ class LoadSpec:
     warmup_s: float
     sentences: tuple[str, ...]
     path: str = "/v1/embeddings"  # or "/healthz": GET, the floor of an HTTP round trip
+    repeat_share: float | None = None  # each input repeated with this probability, else new
+    nonce: str = ""  # makes this scenario's new inputs unlike any other scenario's
 
 
 @dataclass
@@ -518,6 +530,8 @@ class LoadResult:
     server_handler_ms: float = 0.0  # mean time in the server's handler (server metrics)
     replica_round_trip_ms: float = 0.0  # mean round trip of a batch to the replica
     server_non_200: int = 0
+    cached_inputs: int = 0  # the x-cache numerators of the measured 200s
+    header_inputs: int = 0  # and their denominators
 
 
 def request_bodies(sentences: tuple[str, ...], per_request: int) -> list[bytes]:
@@ -539,19 +553,45 @@ def ignore_sigint() -> None:
 def run_load(spec: LoadSpec) -> LoadResult:
     """Entry point in the load-generator process."""
     cpu_before, wall_before = time.process_time(), time.perf_counter()
-    samples, outcomes, errors, window = asyncio.run(_load(spec))
+    samples, outcomes, errors, window, x_cache = asyncio.run(_load(spec))
     cpu_cores = (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
-    return summarise(spec, samples, outcomes, errors, window, cpu_cores)
+    return summarise(spec, samples, outcomes, errors, window, cpu_cores, x_cache)
 
 
 Sample = tuple[float, float, bool]  # end time, latency in seconds, ok
 
 
-async def _load(spec: LoadSpec) -> tuple[list[Sample], Counter[str], list[str], float]:
+HOT_SENTENCES = 32  # the repeated inputs of --repeat-share (cached after the warm-up)
+
+
+def hot_input(sentences: tuple[str, ...], hot: int) -> str:
+    return f"{sentences[hot % len(sentences)]} hot {hot}"
+
+
+def repeat_body(spec: LoadSpec, rng: random.Random, unique: Iterator[int]) -> bytes:
+    """A request whose inputs are each a hot sentence with probability `repeat_share`, else a
+    sentence with a suffix never sent before; both kinds have the same shape of suffix."""
+    count, share = len(spec.sentences), spec.repeat_share or 0.0
+    chosen = []
+    for _ in range(spec.per_request):
+        if rng.random() < share:
+            chosen.append(hot_input(spec.sentences, rng.randrange(HOT_SENTENCES)))
+        else:
+            n = next(unique)
+            chosen.append(f"{spec.sentences[n % count]} {spec.nonce} {n}")
+    return orjson.dumps({"model": MODEL_NAME, "input": chosen})
+
+
+async def _load(
+    spec: LoadSpec,
+) -> tuple[list[Sample], Counter[str], list[str], float, tuple[int, int]]:
     bodies = request_bodies(spec.sentences, spec.per_request)
     counter = itertools.count()
+    unique = itertools.count()
+    rng = random.Random(SENTENCE_SEED)
     samples: list[Sample] = []
     outcomes: Counter[str] = Counter()
+    cache_counts = [0, 0]  # x-cache: inputs answered from the cache, inputs
     errors: list[str] = []
     limits = httpx.Limits(
         max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
@@ -566,19 +606,29 @@ async def _load(spec: LoadSpec) -> tuple[list[Sample], Counter[str], list[str], 
             for _ in range(MAX_CALLS):
                 if time.perf_counter() >= deadline:
                     return
-                body = bodies[next(counter) % len(bodies)]
-                sample, outcome = await one_request(client, spec, body)
+                if spec.repeat_share is None:
+                    body = bodies[next(counter) % len(bodies)]
+                else:
+                    body = repeat_body(spec, rng, unique)
+                sample, outcome, x_cache = await one_request(client, spec, body)
                 if warm_end <= sample[0] <= deadline:
                     samples.append(sample)
                     outcomes[outcome] += 1
+                    cached, _, inputs = x_cache.partition("/")
+                    if cached.isdigit() and inputs.isdigit():
+                        cache_counts[0] += int(cached)
+                        cache_counts[1] += int(inputs)
                     if not sample[2] and len(errors) < 5:
                         errors.append(outcome)
 
         await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
-    return samples, outcomes, errors, deadline - warm_end
+    return samples, outcomes, errors, deadline - warm_end, (cache_counts[0], cache_counts[1])
 
 
-async def one_request(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> tuple[Sample, str]:
+async def one_request(
+    client: httpx.AsyncClient, spec: LoadSpec, body: bytes
+) -> tuple[Sample, str, str]:
+    """The sample, its outcome and the answer's `x-cache` header ("" without one)."""
     started = time.perf_counter()
     try:
         if spec.path == "/healthz":
@@ -587,13 +637,14 @@ async def one_request(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) ->
             response = await client.post(spec.path, content=body, headers=EMBED_HEADERS)
     except httpx.HTTPError as exc:
         ended = time.perf_counter()
-        return (ended, ended - started, False), f"{type(exc).__name__}: {exc}"[:200]
+        return (ended, ended - started, False), f"{type(exc).__name__}: {exc}"[:200], ""
     ended = time.perf_counter()  # the body's check below is not part of the latency
     if spec.path == "/healthz":
         ok, outcome = response.status_code == 200, str(response.status_code)
     else:
         ok, outcome = check_response(response, spec.per_request)
-    return (ended, ended - started, ok), outcome
+    x_cache = response.headers.get("x-cache", "") if ok else ""
+    return (ended, ended - started, ok), outcome, x_cache
 
 
 def check_response(response: httpx.Response, expected: int) -> tuple[bool, str]:
@@ -615,6 +666,7 @@ def summarise(
     errors: list[str],
     window: float,
     cpu_cores: float,
+    x_cache: tuple[int, int] = (0, 0),
 ) -> LoadResult:
     ok_latencies = np.array([s[1] for s in samples if s[2]]) * 1000.0
     done = len(ok_latencies)
@@ -635,6 +687,8 @@ def summarise(
         outcomes=dict(outcomes),
         error_samples=errors,
         client_cpu_cores=cpu_cores,
+        cached_inputs=x_cache[0],
+        header_inputs=x_cache[1],
     )
 
 
@@ -861,6 +915,175 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
                 report.direct = asyncio.run(direct_latency(port, secret, token_ids, args.duration))
         report.server_log_problems = log_problems(logs_dir, offsets)  # shutdown included
     return report
+
+
+# ----- --repeat-share: the exact embedding cache, off then on, in one server -----------------
+DEPLOY_TIMEOUT_S = 300.0
+CACHE_GOAL_RATIO = 1.6
+
+
+@dataclass
+class CacheReport:
+    repeat_share: float
+    cache_mib: int
+    rounds: list[tuple[LoadResult, LoadResult]]  # (off, on), measured in turn
+    deploy_s: list[float]  # each switch between the two configs
+    server_log_problems: list[str] = field(default_factory=list)
+
+    def total(self, side: int) -> dict[str, float]:
+        """requests/s, x-cache hit share and requests per replica CPU-second of one side
+        (0 off, 1 on) over every round."""
+        results = [pair[side] for pair in self.rounds]
+        window = sum(r.window_s for r in results)
+        requests = sum(r.requests for r in results)
+        replica_s = sum(r.replica_cpu_cores * r.window_s for r in results)
+        inputs = sum(r.header_inputs for r in results)
+        return {
+            "requests_per_s": requests / window if window else math.nan,
+            "hit_share": sum(r.cached_inputs for r in results) / inputs if inputs else math.nan,
+            "per_replica_cpu_s": requests / replica_s if replica_s else math.nan,
+        }
+
+    def ratio(self, key: str = "requests_per_s") -> float:
+        off, on = self.total(0)[key], self.total(1)[key]
+        return on / off if off else math.nan
+
+
+def run_cache_benchmark(args: argparse.Namespace, data_dir: Path) -> CacheReport:
+    """`--rounds` rounds of (no cache, cache), each side `--duration / --rounds` seconds, a
+    deploy between each: the machine's drift falls on both sides alike."""
+    sentences = tuple(make_sentences())
+    spawn = multiprocessing.get_context("spawn")
+    report = CacheReport(args.repeat_share, args.cache_mib, [], [])
+    with spawn.Pool(1, initializer=ignore_sigint) as pool:
+        pool.apply(os.getpid)
+        logs_dir = data_dir / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        offsets = log_offsets(logs_dir)
+        with running_server(data_dir, args.runtime) as server:
+
+            def measure(name: str, cache_mib: int) -> LoadResult:
+                # also the first: a reused data dir keeps the config of an earlier run
+                report.deploy_s.append(deploy_with_cache(server, cache_mib))
+                prime(server, sentences)
+                spec = LoadSpec(
+                    name,
+                    base_url=server.base_url,
+                    concurrency=MULTI_CONCURRENCY,
+                    per_request=MULTI_SENTENCES,
+                    duration_s=args.duration / args.rounds,
+                    warmup_s=WARMUP_S,
+                    sentences=sentences,
+                    repeat_share=args.repeat_share,
+                    nonce=f"{name}{secrets.token_hex(3)}",
+                )
+                return run_scenario(pool, server, spec)
+
+            for n in range(args.rounds):
+                off = measure(f"off{n + 1}", 0)
+                report.rounds.append((off, measure(f"on{n + 1}", args.cache_mib)))
+        report.server_log_problems = log_problems(logs_dir, offsets)
+    return report
+
+
+def prime(server: Server, sentences: tuple[str, ...]) -> None:
+    """Send the repeated inputs once, before either scenario: with a cache they are stored, so
+    the share the measured window finds cached is the repeat share (not lower for the first
+    occurrences)."""
+    body = {"model": MODEL_NAME, "input": [hot_input(sentences, i) for i in range(HOT_SENTENCES)]}
+    response = httpx.post(
+        f"{server.base_url}/v1/embeddings", json=body, headers=AUTH_HEADERS, timeout=60.0
+    )
+    if response.status_code != 200:
+        raise BenchError(f"priming the repeated inputs failed: {response.status_code}")
+
+
+def deploy_with_cache(server: Server, cache_mib: int) -> float:
+    """A deploy of the default model with `cache_mib` (a green rollout, or none when the live
+    revision has that config already), waited for, then until the live revision answers a
+    repeat as it should: from its cache, or (`cache_mib` 0) not."""
+    from greenroom.client import GreenroomClient
+
+    started = time.monotonic()
+    progress(f"deploying {MODEL_NAME} with cache_mib={cache_mib}")
+    client = GreenroomClient(server.base_url, BENCH_TOKEN, timeout=30.0)
+    try:
+        task = client.deploy(MODEL_NAME, {"cache_mib": cache_mib}, False)
+        while task["status"] not in ("done", "failed", "canceled", "refused"):
+            if time.monotonic() - started > DEPLOY_TIMEOUT_S:
+                raise BenchError(f"the deploy {task['id']} is still {task['status']}")
+            time.sleep(0.5)
+            task = client.task(task["id"])
+    finally:
+        client.http.close()
+    if task["status"] != "done":
+        raise BenchError(f"the deploy {task['id']} ended {task['status']}: {task.get('detail')}")
+    body = {"model": MODEL_NAME, "input": "the cache probe of the benchmark"}
+    wanted = "1/1" if cache_mib else "0/1"
+    with httpx.Client(base_url=server.base_url, headers=AUTH_HEADERS, timeout=30.0) as http:
+        while time.monotonic() - started < DEPLOY_TIMEOUT_S:
+            http.post("/v1/embeddings", json=body)  # stored where there is a cache
+            if http.post("/v1/embeddings", json=body).headers.get("x-cache") == wanted:
+                elapsed = time.monotonic() - started
+                progress(
+                    f"the live revision answers a repeat with x-cache {wanted} ({elapsed:.1f} s)"
+                )
+                return elapsed
+            time.sleep(0.2)
+    raise BenchError(f"the live revision never answered a repeat with x-cache {wanted}")
+
+
+def print_cache_report(report: CacheReport) -> None:
+    first = report.rounds[0][0]
+    print("\ngreenroom serving benchmark: the exact embedding cache")
+    print(
+        f"  model {MODEL_NAME}, 1 replica; {MULTI_SENTENCES} sentences per request at "
+        f"concurrency {MULTI_CONCURRENCY}; each input one of {HOT_SENTENCES} repeated sentences "
+        f"with probability {report.repeat_share:.2f}, else a sentence never sent before; "
+        f"{len(report.rounds)} rounds of (no cache, cache_mib {report.cache_mib}), each "
+        f"{WARMUP_S:.0f} s warm-up + {first.window_s:.0f} s measured, a deploy before each"
+    )
+    print(
+        f"  {'run':<6} {'req/s':>8} {'sent/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} "
+        f"{'batch':>6} {'x-cache hits':>13} {'req/rep-cpu-s':>13}  cores srv/rep/client"
+    )
+    for pair in report.rounds:
+        for r in pair:
+            share = r.cached_inputs / r.header_inputs if r.header_inputs else math.nan
+            replica_s = r.replica_cpu_cores * r.window_s
+            per_cpu = r.requests / replica_s if replica_s else math.nan
+            print(
+                f"  {r.name:<6} {r.requests_per_s:>8.1f} {r.sentences_per_s:>8.1f} "
+                f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.failed:>6} {r.mean_batch_size:>6.1f} "
+                f"{share:>13.1%} {per_cpu:>13.2f}  "
+                f"{r.server_cpu_cores:.2f}/{r.replica_cpu_cores:.2f}/{r.client_cpu_cores:.2f}"
+            )
+            for sample in r.error_samples:
+                print(f"     e.g. {sample}")
+    off, on = report.total(0), report.total(1)
+    ceiling = 1 / (1 - report.repeat_share)
+    print(
+        f"  all rounds: no cache {off['requests_per_s']:.2f} req/s (x-cache hits "
+        f"{off['hit_share']:.1%}), cache {on['requests_per_s']:.2f} req/s (x-cache hits "
+        f"{on['hit_share']:.1%})"
+    )
+    print(
+        f"  requests/s cache / no cache = {report.ratio():.2f}x; per replica CPU-second "
+        f"{report.ratio('per_replica_cpu_s'):.2f}x (goal >= {CACHE_GOAL_RATIO}x at 50 % "
+        f"repeats; the ceiling at this share is {ceiling:.1f}x)"
+    )
+    print(
+        "  switches (deploy, then a repeat answered as wanted): "
+        + ", ".join(f"{d:.1f} s" for d in report.deploy_s)
+    )
+    if off["hit_share"] > 0:
+        print("  WARNING: a run without a cache was answered from one: its figures are wrong")
+    print(
+        "  the machine is shared (req/rep-cpu-s: requests per CPU-second of the replica, which"
+        " the\n  machine's other load changes less than requests/s); figures of one run"
+    )
+    for problem in report.server_log_problems[:10]:
+        print(f"  server log: {problem}")
 
 
 def run_settings(
@@ -1114,9 +1337,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="engine of the in-process limit measurement only; the server always serves the "
         "default model with ONNX fp32",
     )
+    parser.add_argument(
+        "--repeat-share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="measure the embedding cache instead: requests/s with this share of the inputs "
+        "repeated, with no cache, then after a deploy with --cache-mib (one server run)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of (no cache, cache) with --repeat-share; --duration is split among them",
+    )
+    parser.add_argument(
+        "--cache-mib",
+        type=int,
+        default=64,
+        help="cache_mib of the deploy with the cache (--repeat-share)",
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1:
         parser.error("--duration must be positive and --concurrency at least 1")
+    if args.repeat_share is not None and not 0.0 <= args.repeat_share < 1.0:
+        parser.error("--repeat-share must lie in [0, 1)")
+    if args.cache_mib < 1 or args.rounds < 1:
+        parser.error("--cache-mib and --rounds must be at least 1")
     return args
 
 
@@ -1129,7 +1376,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        report = run_benchmark(args, data_dir)
+        if args.repeat_share is not None:
+            cache_report = run_cache_benchmark(args, data_dir)
+        else:
+            report = run_benchmark(args, data_dir)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -1139,6 +1389,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
+    if args.repeat_share is not None:
+        print_cache_report(cache_report)
+        if args.json is not None:
+            args.json.write_bytes(orjson.dumps(asdict(cache_report), option=orjson.OPT_INDENT_2))
+        return 0
     print_report(report)
     if args.json is not None:
         write_json(report, args.json)

@@ -368,7 +368,7 @@ def deploy(
         typer.Option(
             "--set",
             help="A config override key=value (engine, quantization, replicas, max_batch_size, "
-            "max_batch_tokens, max_queue, threads, runtime); repeatable.",
+            "max_batch_tokens, max_queue, threads, runtime, cache_mib); repeatable.",
         ),
     ] = None,
     allow_embedding_space_change: Annotated[

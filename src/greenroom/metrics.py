@@ -64,6 +64,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.cache_hits = Counter(
+            "greenroom_embedding_cache_hits",
+            "Inputs answered from a revision's embedding cache, by served name.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "greenroom_embedding_cache_misses",
+            "Inputs a revision's embedding cache did not hold (computed, then stored).",
+            ["model"],
+            registry=self.registry,
+        )
         self._add_migration_metrics()
 
         self.rollout_step_duration = Histogram(
@@ -167,6 +179,14 @@ class _StateCollector(Collector):
         for name, route in self._router().live_routes().items():
             queue.add_metric([name], len(route.queue))
         yield queue
+        cache = GaugeMetricFamily(
+            "greenroom_embedding_cache_bytes",
+            "Bytes held by each revision's embedding cache (entries and their overhead).",
+            labels=["model", "revision"],
+        )
+        for (name, revision_id), size in self._router().cache_bytes().items():
+            cache.add_metric([name, revision_id], size)
+        yield cache
         ready = GaugeMetricFamily(
             "greenroom_replica_ready",
             "1 when a replica is ready, else 0.",

@@ -44,3 +44,4 @@ class EmbeddingResult:
     vectors: np.ndarray  # (n, dim) float32
     prompt_tokens: int
     embedding_space: str = field(default="")
+    cached: int = 0  # inputs answered from the revision's embedding cache (serving.cache)

@@ -27,6 +27,12 @@ the live answer is ready (shadow traffic, `_shadow`), only when the staged queue
 old space: the space is decided by the revision that computed the vectors, so a request that
 finished on the old revision keeps its raw (old-space) vectors, and raw new-space vectors are
 never returned under the old space's name (503 until this router has the adapter).
+
+**The embedding cache** (serving.cache). A revision whose config has `cache_mib` > 0 has an
+exact LRU of its raw vectors by token ids on its route (`_compute`): the inputs it holds are
+answered from it, only the others are queued, and their vectors are stored when they come back.
+Adapters and `dimensions` apply after it. Shadow calls bypass the staged revision's cache (they
+call `_dispatch`, neither reading nor filling it), so their latency is always the replica's.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from greenroom.runtime.base import ReplicaSource, ReplicaStatus
 from greenroom.runtime.protocol import ReplicaClient, ReplicaConnectionError
 from greenroom.schemas import embedding_space
 from greenroom.serving.batching import BatchQueue
+from greenroom.serving.cache import EmbeddingCache, cache_key
 from greenroom.serving.items import EmbeddingItem, EmbeddingResult, RequestTicket
 from greenroom.serving.shadow import MAX_SHADOW_INPUTS, ShadowRecorder
 from greenroom.serving.tokenizing import CutRule, cut_rule, encode_texts, load_tokenizer
@@ -102,6 +109,7 @@ class ServedRevision:
     max_batch_tokens: int = 8192
     max_queue: int = 1024
     allow_dimensions: bool = False
+    cache_mib: int = 0  # the exact embedding cache's bound (serving.cache); 0 = no cache
     # the revision's replica secret: every connection to its replicas proves it knows it
     replica_secret: str = field(default="", repr=False)
 
@@ -129,6 +137,7 @@ class RevisionRoute:
     live_since: float = 0.0
     added_at: float = field(default_factory=time.time)
     starvation_guard: asyncio.Task[None] | None = None
+    cache: EmbeddingCache | None = None  # this revision's raw vectors by token ids; None = off
 
     @property
     def revision_id(self) -> str:
@@ -200,6 +209,7 @@ class Router:
                 principal_share=self.settings.principal_queue_share,
             ),
             cut=cut_rule(tokenizer),
+            cache=EmbeddingCache.of_mib(revision.cache_mib),
         )
         self._sync_workers(revision.revision_id)
 
@@ -426,12 +436,11 @@ class Router:
         else:
             self._check_dimensions(route.revision, dimensions)
         started = time.perf_counter()
-        route, vectors, prompt_tokens = await self._embed_following(
-            route, served_name, inputs, principal
-        )
+        route, computed = await self._embed_following(route, served_name, inputs, principal)
+        vectors = computed.vectors
         served_by.note(route)  # the revision that computed the vectors
         live_latency_s = time.perf_counter() - started
-        result = await self._answer(served_name, route, vectors, prompt_tokens, dimensions)
+        result = await self._answer(served_name, route, computed, dimensions)
         self._maybe_shadow(served_name, route, inputs, vectors, live_latency_s)
         return result
 
@@ -441,14 +450,13 @@ class Router:
         served_name: str,
         inputs: list[str] | list[list[int]],
         principal: str,
-    ) -> tuple[RevisionRoute, np.ndarray, int]:
+    ) -> tuple[RevisionRoute, Computed]:
         """The raw vectors of the revision that computed them (the live one, or the one the
         name moved to when the first could not serve them) and the prompt tokens."""
         tried = {route.revision_id}
         while True:
             try:
-                vectors, prompt_tokens = await self._compute(route, served_name, inputs, principal)
-                return route, vectors, prompt_tokens
+                return route, await self._compute(route, served_name, inputs, principal)
             except ServiceUnavailableError:
                 live = await self._moved_from(route, served_name)
                 if live is None or live.revision_id in tried:
@@ -467,15 +475,15 @@ class Router:
         self,
         served_name: str,
         route: RevisionRoute,
-        vectors: np.ndarray,
-        prompt_tokens: int,
+        computed: Computed,
         dimensions: int | None,
     ) -> EmbeddingResult:
         """The served name's answer from `route`'s raw vectors: mapped into the old space when
         the name is adapted now (NameMigration.adapts), else raw."""
         migration = self._migrations.get(served_name)
         if migration is None or not migration.adapts(route):
-            return _result(vectors, prompt_tokens, dimensions, route.revision.embedding_space)
+            return _result(computed, dimensions, route.revision.embedding_space)
+        vectors = computed.vectors
         row = migration.follow.adapter
         if migration.adapter is None or row is None or row.revision_id != route.revision_id:
             raise ServiceUnavailableError(
@@ -498,7 +506,11 @@ class Router:
             mapped = _l2_normalised(mapped)
         self.metrics.adapter_inputs.labels(served_name).inc(len(mapped))
         space = row.target_embedding_space
-        return _result(mapped, prompt_tokens, dimensions, lambda d: _space_of(space, d))
+        return _result(
+            Computed(mapped, computed.prompt_tokens, computed.cached),
+            dimensions,
+            lambda d: _space_of(space, d),
+        )
 
     async def _embed_on(
         self,
@@ -511,8 +523,8 @@ class Router:
         """Embed the inputs with one revision, in its raw space; 503 when it cannot."""
         revision = route.revision
         self._check_dimensions(revision, dimensions)
-        vectors, prompt_tokens = await self._compute(route, served_name, inputs, principal)
-        return _result(vectors, prompt_tokens, dimensions, revision.embedding_space)
+        computed = await self._compute(route, served_name, inputs, principal)
+        return _result(computed, dimensions, revision.embedding_space)
 
     async def _compute(
         self,
@@ -520,16 +532,54 @@ class Router:
         served_name: str,
         inputs: list[str] | list[list[int]],
         principal: str,
-    ) -> tuple[np.ndarray, int]:
+    ) -> Computed:
         """One revision's raw vectors of the inputs and their prompt tokens; 503 when it has
-        no ready replica."""
+        no ready replica. With a cache, only its misses are queued (an input repeated within
+        the request once), then stored; the answer keeps the input order."""
         token_ids = await self._tokenize(route, inputs)
+        prompt_tokens = sum(len(ids) for ids in token_ids)
+        # also when the cache holds every input: a revision without replicas may have been
+        # withdrawn, and its 503 is what sends the request to the name's live revision
+        self._require_workers(route, served_name)
+        cache = route.cache
+        if cache is None:
+            return Computed(await self._dispatch(route, token_ids, principal), prompt_tokens)
+        keys = [cache_key(ids) for ids in token_ids]
+        found = [cache.get(key) for key in keys]
+        missing: dict[bytes, int] = {}  # key -> its row among the vectors to compute
+        for key, vector in zip(keys, found, strict=True):
+            if vector is None:
+                missing.setdefault(key, len(missing))
+        hits = len(keys) - sum(vector is None for vector in found)
+        name = route.revision.served_name
+        self.metrics.cache_hits.labels(name).inc(hits)
+        self.metrics.cache_misses.labels(name).inc(len(keys) - hits)
+        if missing:
+            first = {key: ids for key, ids in zip(keys, token_ids, strict=True)}
+            computed = await self._dispatch(route, [first[key] for key in missing], principal)
+            for key, row in missing.items():
+                cache.put(key, computed[row])
+            found = [
+                computed[missing[key]] if vector is None else vector
+                for key, vector in zip(keys, found, strict=True)
+            ]
+        return Computed(np.stack(found), prompt_tokens, cached=hits)
+
+    @staticmethod
+    def _require_workers(route: RevisionRoute, served_name: str) -> None:
         if not route.workers:
             raise ServiceUnavailableError(
                 f"No ready replica for '{served_name}' right now; retry shortly."
             )
-        vectors = await self._dispatch(route, token_ids, principal)
-        return vectors, sum(len(ids) for ids in token_ids)
+
+    def cache_bytes(self) -> dict[tuple[str, str], int]:
+        """The bytes each revision's cache holds, by (served name, revision id); revisions
+        without a cache are left out."""
+        return {
+            (route.revision.served_name, route.revision_id): route.cache.bytes
+            for route in self._routes.values()
+            if route.cache is not None
+        }
 
     async def _dispatch(
         self, route: RevisionRoute, token_ids: list[np.ndarray], principal: str
@@ -866,19 +916,30 @@ class Router:
         route.starvation_guard = asyncio.get_running_loop().create_task(guard())
 
 
+@dataclass(frozen=True)
+class Computed:
+    """One revision's raw vectors of a request, its prompt tokens and how many of its inputs
+    the revision's cache answered."""
+
+    vectors: np.ndarray
+    prompt_tokens: int
+    cached: int = 0
+
+
 def _result(
-    vectors: np.ndarray,
-    prompt_tokens: int,
+    computed: Computed,
     dimensions: int | None,
     space_of: Callable[[int | None], str],
 ) -> EmbeddingResult:
     """The answer: vectors cut to `dimensions` (then L2-normalised again) and their space."""
+    vectors = computed.vectors
     if dimensions:
         vectors = _l2_normalised(vectors[:, :dimensions])
     return EmbeddingResult(
         vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=computed.prompt_tokens,
         embedding_space=space_of(dimensions),
+        cached=computed.cached,
     )
 
 

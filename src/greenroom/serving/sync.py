@@ -227,6 +227,7 @@ class RouterSync:
             max_batch_tokens=config.get("max_batch_tokens", 8192),
             max_queue=config.get("max_queue", 1024),
             allow_dimensions=bool(model and model.allow_dimensions),
+            cache_mib=config.get("cache_mib") or 0,
             replica_secret=revision.replica_secret,
         )
         self._known[revision.id] = served

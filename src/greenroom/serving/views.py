@@ -30,6 +30,7 @@ api_router = APIRouter()
 
 OPENAI_PATH_PREFIXES = ("/v1/embeddings", "/v1/models")
 EMBEDDING_SPACE_HEADER = "x-embedding-space"
+CACHE_HEADER = "x-cache"  # `<inputs answered from the cache>/<inputs>`, on every 200
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -116,7 +117,10 @@ async def create_embeddings(
     return Response(
         content=render_embeddings(payload, result),
         media_type="application/json",
-        headers={EMBEDDING_SPACE_HEADER: result.embedding_space},
+        headers={
+            EMBEDDING_SPACE_HEADER: result.embedding_space,
+            CACHE_HEADER: f"{result.cached}/{len(result.vectors)}",
+        },
     )
 
 
