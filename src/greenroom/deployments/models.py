@@ -48,7 +48,8 @@ class Deployment(Base):
     )
 
     pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(36), default=new_id)  # stable: the workloadId
+    # stable: the workloadId; indexed, as the workloads API looks versions up by it
+    id: Mapped[str] = mapped_column(String(36), default=new_id, index=True)
     revision_id: Mapped[str] = mapped_column(String(36), default=new_id, unique=True)
     workspace: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255))

@@ -195,11 +195,15 @@ def _held(task_id: str, worker_id: str) -> ColumnElement[bool]:
     )
 
 
+# Aliased, so that inside `UPDATE tasks` the subquery reads its own `tasks` rather than
+# correlating to the row being updated. Built once: an alias builds a proxy of every column, which
+# was most of a claim's CPU when made per call (bench/control_plane.py).
+_CANDIDATE = aliased(Task, name="candidate")
+_BUSY, _OLDER = aliased(Task, name="busy"), aliased(Task, name="older")
+
+
 def _candidate(now: datetime, worker_id: str, *, lock: bool) -> Select[tuple[str]]:
-    # Aliased, so that inside `UPDATE tasks` the subquery reads its own `tasks` rather than
-    # correlating to the row being updated.
-    candidate = aliased(Task, name="candidate")
-    busy, older = aliased(Task, name="busy"), aliased(Task, name="older")
+    candidate, busy, older = _CANDIDATE, _BUSY, _OLDER
     # Never one of this worker's own tasks: its handler still runs (a claim that waited long for
     # SQLite's write lock can write a lease that is nearly over, and the next claim would take
     # the task over from itself and run it twice). Its renewal extends the lease instead.

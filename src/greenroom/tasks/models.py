@@ -19,6 +19,9 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_model_created", "embedding_model_id", "created_at"),
         Index("ix_tasks_status", "status"),
+        # The claim's tests of a candidate's name ("a task of this name is processing", "an
+        # older one is pending"): without it each reads every pending task (bench/control_plane).
+        Index("ix_tasks_model_status_created", "embedding_model_id", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
