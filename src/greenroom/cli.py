@@ -368,7 +368,9 @@ def deploy(
         typer.Option(
             "--set",
             help="A config override key=value (engine, quantization, replicas, max_batch_size, "
-            "max_batch_tokens, max_queue, threads, runtime, cache_mib); repeatable.",
+            "max_batch_tokens, max_queue, threads, runtime, cache_mib, min_replicas, "
+            "max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s); "
+            "repeatable.",
         ),
     ] = None,
     allow_embedding_space_change: Annotated[

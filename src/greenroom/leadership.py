@@ -319,6 +319,9 @@ class TargetBackend(RuntimeBackend):
     def running(self) -> dict[str, RevisionSpec]:
         return self._backend.running() if self._backend is not None else {}
 
+    def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        return self._backend.scale_up_refusal(spec, add) if self._backend is not None else None
+
     async def close(self) -> None:
         """Nothing: `RuntimeTargets.close()` closes the backends."""
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from helpers import async_test, pid_alive, wait_until
 
 from greenroom.config import Settings
 from greenroom.registry.weights import content_hash
+from greenroom.runtime import local
 from greenroom.runtime.base import ReplicaState, RevisionSpec, RuntimeBackend
 from greenroom.runtime.local import LocalRuntime
 
@@ -174,5 +176,70 @@ async def test_a_low_priority_replica_runs_nicer_than_a_normal_one(
         assert len(staged_threads) > 1  # the engine's and the executor's threads too
         assert set(staged_threads) == {expected}
         assert set(thread_nice_values(live.pid)) == {base}
+    finally:
+        await runtime.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@async_test
+async def test_a_count_change_scales_in_place_without_restarting_the_first_replica(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 → 2 → 1: a replica is added beside the first, then the surplus drains (STOPPING
+    first) and stops; the first one's process runs throughout."""
+    monkeypatch.setattr(local, "SCALE_DOWN_DRAIN_S", 0.2)
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    seen: list[list[ReplicaState]] = []
+    runtime.subscribe(lambda rid: seen.append([r.state for r in runtime.replicas(rid)]))
+    spec = RevisionSpec(
+        "rev-scale", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+    )
+    try:
+        await runtime.start_revision(spec)
+        (first,) = await wait_ready(runtime, "rev-scale", 1)
+        assert runtime.scale_up_refusal(spec, 1) is None  # the test machine has the memory
+
+        await runtime.start_revision(replace(spec, replicas=2))
+        both = await wait_ready(runtime, "rev-scale", 2)
+        assert [r.replica_id for r in both] == ["rev-scale-0", "rev-scale-1"]
+        assert both[0].pid == first.pid and pid_alive(first.pid)
+        second = both[1]
+
+        seen.clear()
+        await runtime.start_revision(spec)
+        (left,) = runtime.replicas("rev-scale")
+        assert left.replica_id == "rev-scale-0" and left.state is ReplicaState.READY
+        assert left.pid == first.pid and pid_alive(first.pid)
+        assert second.pid is not None and not pid_alive(second.pid)
+        # drained first: reported STOPPING beside the ready first replica before it went
+        assert [ReplicaState.READY, ReplicaState.STOPPING] in seen
+        assert runtime.running()["rev-scale"].replicas == 1
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_a_scale_up_without_the_memory_for_it_is_refused_with_a_reason(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    spec = RevisionSpec("rev-mem", tiny_model_dir, content_hash(tiny_model_dir), secret=SECRET)
+    each = int(local.model_bytes(tiny_model_dir) * local.MODEL_MEMORY_FACTOR)
+    each += local.REPLICA_BASE_BYTES
+    monkeypatch.setattr(local, "available_memory", lambda: 2 * each)
+    assert runtime.scale_up_refusal(spec, 2) is None
+    reason = runtime.scale_up_refusal(spec, 3)
+    assert reason is not None
+    assert "Not scaled up by 3 replica(s)" in reason
+    assert f"{each // local.MIB} MiB (estimated from the model's files)" in reason
+    assert f"only {2 * each // local.MIB} MiB" in reason
+
+    # a running replica's resident size is the measure once there is one
+    await runtime.start_revision(spec)
+    try:
+        await wait_ready(runtime, "rev-mem", 1)
+        monkeypatch.setattr(local, "resident_memory", lambda pid: 3 * each)
+        reason = runtime.scale_up_refusal(spec, 1)
+        assert reason is not None and "the resident size of a running replica" in reason
     finally:
         await runtime.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from factories import FAKE_CONTENT_HASH, HashEngine, add_live_revision
@@ -13,8 +14,9 @@ from helpers import async_test, wait_until
 from greenroom.runtime.base import ReplicaState, RevisionSpec
 from greenroom.runtime.fake import FakeRuntime
 from greenroom.runtime.reconcile import Plan, Reconciler, plan, revision_spec
+from greenroom.serving.models import RouterReport
 from greenroom.signals import Signals
-from greenroom.store.db import Store
+from greenroom.store.db import Store, utcnow
 from greenroom.workloads.models import Revision
 
 
@@ -137,9 +139,9 @@ def desire(store: Store, revision_id: str, *, replicas: int, **config: object) -
         revision.config = {**revision.config, **config}
 
 
-def add_revision(store: Store) -> str:
+def add_revision(store: Store, model_id: str = "tiny") -> str:
     with store.session_scope() as session:
-        revision = add_live_revision(session, embedding_model_id="tiny")
+        revision = add_live_revision(session, embedding_model_id=model_id)
         revision.desired_replicas = 1
         revision.config = {"threads": 1}
         return revision.id
@@ -199,3 +201,142 @@ async def test_the_loop_reports_ready_replicas_to_the_store(sqlite_store: Store)
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         await runtime.close()
+
+
+# ----- autoscaling ---------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def report_load(store: Store, router_id: str, in_flight: dict[str, int], *, age_s: float = 0.0):
+    with store.session_scope() as session:
+        report = session.get(RouterReport, router_id) or RouterReport(router_id=router_id)
+        report.live, report.pinned, report.in_flight = {}, {}, in_flight
+        report.heartbeat_at = utcnow() - timedelta(seconds=age_s)
+        session.add(report)
+
+
+def stored(store: Store, revision_id: str) -> tuple[int, str, str | None]:
+    with store.session_scope() as session:
+        revision = session.get(Revision, revision_id)
+        assert revision is not None
+        return revision.desired_replicas, revision.phase, revision.phase_message
+
+
+AUTOSCALED = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2.0,
+    "upscale_delay_s": 10.0,
+    "downscale_delay_s": 20.0,
+}
+
+
+@async_test
+async def test_the_supervisor_scales_a_revision_in_place_from_the_routers_load(
+    sqlite_store: Store,
+) -> None:
+    revision_id = add_revision(sqlite_store)
+    fixed_id = add_revision(sqlite_store, "other")  # no range: a fixed count, whatever its load
+    desire(sqlite_store, revision_id, replicas=1, **AUTOSCALED)
+    runtime = RecordingRuntime()
+    clock = Clock()
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="local", clock=clock)
+    try:
+        await reconciler.reconcile_once()
+        await wait_until(lambda: len(runtime.ready_replicas(revision_id)) == 1, what="ready")
+        first = runtime.replica(f"{revision_id}-0")
+        runtime.requests.clear()
+
+        # 3 + 2 ongoing over two fresh routers (5: 3 replicas wanted, 2 at most); a stale
+        # router's load counts for nothing
+        report_load(sqlite_store, "a", {revision_id: 3, fixed_id: 50})
+        report_load(sqlite_store, "b", {revision_id: 2})
+        report_load(sqlite_store, "gone", {revision_id: 100}, age_s=60)
+        assert await reconciler.autoscale_once() == {}  # the first sample: no delay passed yet
+        clock.now = 9.0
+        assert await reconciler.autoscale_once() == {}
+        clock.now = 10.0
+        assert await reconciler.autoscale_once() == {revision_id: 2}
+        assert stored(sqlite_store, revision_id)[0] == 2
+        assert stored(sqlite_store, fixed_id)[0] == 1
+
+        await reconciler.reconcile_once()
+        assert runtime.requests == [("start", revision_id)]  # no stop, no new revision
+        await wait_until(lambda: len(runtime.ready_replicas(revision_id)) == 2, what="2 ready")
+        assert runtime.replica(f"{revision_id}-0") is first  # never restarted
+        assert first.status.state is ReplicaState.READY
+        assert runtime.running()[revision_id].replicas == 2
+        clock.now = 40.0
+        assert await reconciler.autoscale_once() == {}  # at the most already
+
+        # the load goes; 20 s below the count later, back to one replica, the first
+        report_load(sqlite_store, "a", {revision_id: 0})
+        report_load(sqlite_store, "b", {})
+        clock.now = 50.0
+        assert await reconciler.autoscale_once() == {}
+        clock.now = 70.0
+        assert await reconciler.autoscale_once() == {revision_id: 1}
+        await reconciler.reconcile_once()
+        assert [r.replica_id for r in runtime.replicas(revision_id)] == [f"{revision_id}-0"]
+        assert runtime.replica(f"{revision_id}-0") is first
+        assert first.status.state is ReplicaState.READY
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_a_refused_scale_up_keeps_the_count_and_says_why(sqlite_store: Store) -> None:
+    revision_id = add_revision(sqlite_store)
+    desire(sqlite_store, revision_id, replicas=1, **{**AUTOSCALED, "upscale_delay_s": 0.0})
+    runtime = RecordingRuntime()
+    runtime.scale_up_refused = "Not scaled up by 1 replica(s): only 10 MiB available."
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="local", clock=Clock())
+    try:
+        report_load(sqlite_store, "a", {revision_id: 8})
+        assert await reconciler.autoscale_once() == {}
+        assert stored(sqlite_store, revision_id) == (1, "Running", runtime.scale_up_refused)
+
+        runtime.scale_up_refused = None  # memory freed: the next pass scales up
+        assert await reconciler.autoscale_once() == {revision_id: 2}
+        assert stored(sqlite_store, revision_id)[0] == 2
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_a_revision_that_is_not_serving_is_not_autoscaled(sqlite_store: Store) -> None:
+    revision_id = add_revision(sqlite_store)
+    desire(sqlite_store, revision_id, replicas=1, **{**AUTOSCALED, "upscale_delay_s": 0.0})
+    with sqlite_store.session_scope() as session:
+        revision = session.get(Revision, revision_id)
+        assert revision is not None
+        revision.phase = "Initializing"  # being rolled out: the rollout owns its count
+    runtime = RecordingRuntime()
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="local", clock=Clock())
+    report_load(sqlite_store, "a", {revision_id: 8})
+    assert await reconciler.autoscale_once() == {}
+    assert stored(sqlite_store, revision_id)[0] == 1
+
+
+@async_test
+async def test_a_ray_revision_keeps_its_count_until_ray_scales_in_place(
+    sqlite_store: Store,
+) -> None:
+    revision_id = add_revision(sqlite_store)
+    desire(sqlite_store, revision_id, replicas=1, **{**AUTOSCALED, "upscale_delay_s": 0.0})
+    with sqlite_store.session_scope() as session:
+        revision = session.get(Revision, revision_id)
+        assert revision is not None
+        revision.runtime = "ray"  # its backend redeploys on any change of spec
+    runtime = RecordingRuntime()
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="ray", clock=Clock())
+    report_load(sqlite_store, "a", {revision_id: 8})
+    assert await reconciler.autoscale_once() == {}
+    assert stored(sqlite_store, revision_id)[0] == 1

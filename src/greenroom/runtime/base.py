@@ -118,6 +118,13 @@ class RuntimeBackend(ABC):
         """The spec each revision runs now (the last started), by revision id: the actual state
         the reconciler compares with the store's desired one. Adopted revisions included."""
 
+    def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        """Why `add` more replicas of the revision cannot start here (not enough memory), or
+        None when they can; asked before an autoscaling scale-up. A change of `spec.replicas`
+        alone is made in place by the local and fake runtimes: replicas are added, or the
+        surplus drained and stopped, and the others run on."""
+        return None
+
     def revisions(self) -> list[str]:
         """Ids of the revisions this backend runs."""
         return list(self.running())

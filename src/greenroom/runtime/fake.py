@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine
-from greenroom.runtime.handover import Handovers
+from greenroom.runtime.handover import Handovers, count_change_only, surplus
 from greenroom.runtime.replica import ReplicaServer
 
 LOOPBACK = "127.0.0.1"
@@ -133,6 +133,7 @@ class FakeRuntime(RuntimeBackend):
         self._started: dict[str, int] = {}  # replicas ever started per revision: the next index
         self._handovers: Handovers[FakeReplica] = Handovers(self._notify)
         self.loop: asyncio.AbstractEventLoop | None = None  # where the replicas run
+        self.scale_up_refused: str | None = None  # set: every scale-up is refused with it
 
     def run_threadsafe(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the runtime's loop from another thread (a test's)."""
@@ -143,10 +144,12 @@ class FakeRuntime(RuntimeBackend):
         self.loop = asyncio.get_running_loop()
         if self._specs.get(spec.revision_id) == spec:
             return
+        running = self._specs.get(spec.revision_id)
         self._specs[spec.revision_id] = spec
-        first = self._started.get(spec.revision_id, 0)
-        self._started[spec.revision_id] = first + spec.replicas
-        replicas = [FakeReplica(self, spec, first + i) for i in range(spec.replicas)]
+        if count_change_only(running, spec) and not self._handovers.active(spec.revision_id):
+            await self._scale_in_place(spec)
+            return
+        replicas = self._new_replicas(spec, spec.replicas)
         if spec.revision_id in self._replicas:  # a new spec: handed over, as the local runtime
             slots = self._replicas[spec.revision_id]
             await self._handovers.start(spec.revision_id, slots, replicas, HANDOVER_S)
@@ -156,6 +159,28 @@ class FakeRuntime(RuntimeBackend):
         for replica in replicas:
             asyncio.get_running_loop().create_task(replica.start())
 
+    def _new_replicas(self, spec: RevisionSpec, count: int) -> list[FakeReplica]:
+        first = self._started.get(spec.revision_id, 0)
+        self._started[spec.revision_id] = first + count
+        return [FakeReplica(self, spec, first + i) for i in range(count)]
+
+    async def _scale_in_place(self, spec: RevisionSpec) -> None:
+        """A change of the replica count alone, as the local runtime makes it: new replicas
+        beside the running ones, or the surplus stopped (STOPPING first)."""
+        replicas = self._replicas.setdefault(spec.revision_id, [])
+        if spec.replicas > len(replicas):
+            new = self._new_replicas(spec, spec.replicas - len(replicas))
+            replicas.extend(new)
+            self._notify(spec.revision_id)
+            for replica in new:
+                asyncio.get_running_loop().create_task(replica.start())
+            return
+        leaving = surplus(replicas, spec.replicas)
+        for replica in leaving:
+            await replica.stop()
+        replicas[:] = [r for r in replicas if r not in leaving]
+        self._notify(spec.revision_id)
+
     async def stop_revision(self, revision_id: str) -> None:
         await self._handovers.cancel(revision_id)
         self._specs.pop(revision_id, None)
@@ -163,6 +188,9 @@ class FakeRuntime(RuntimeBackend):
         for replica in self._replicas.pop(revision_id, []):
             await replica.stop()
         self._notify(revision_id)
+
+    def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        return self.scale_up_refused
 
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         return [r.status for r in self._replicas.get(revision_id, [])]

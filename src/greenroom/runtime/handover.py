@@ -5,6 +5,9 @@ priority. Its replicas are started again under the new spec, beside the old ones
 serving (pinned names, shadow traffic) until every new replica is ready, or the start timeout
 has passed; then the old ones stop, and routers move their queued batches to the new ones. So
 no request that a replica could serve finds none ready, as a deployment's rolling update.
+
+A change of the replica count alone (the autoscaler's) is no hand-over: the runtime adds
+replicas beside the running ones, or drains and stops the `surplus`; the others go on untouched.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Generic, Protocol, TypeVar
 
-from greenroom.runtime.base import ReplicaStatus
+from greenroom.runtime.base import ReplicaStatus, RevisionSpec
 
 log = logging.getLogger("greenroom.runtime")
 POLL_S = 0.1
@@ -30,6 +34,22 @@ class Slot(Protocol):
 
 
 S = TypeVar("S", bound=Slot)
+
+
+def count_change_only(running: RevisionSpec | None, spec: RevisionSpec) -> bool:
+    """Whether `spec` differs from the running one in its replica count alone."""
+    return (
+        running is not None
+        and running.replicas != spec.replicas
+        and replace(running, replicas=spec.replicas) == spec
+    )
+
+
+def surplus(slots: list[S], keep: int) -> list[S]:
+    """The slots a scale-down to `keep` replicas stops: the ones not ready first, then the
+    newest, so the oldest ready replicas keep serving."""
+    ranked = sorted(enumerate(slots), key=lambda pair: (pair[1].status.state.is_ready(), -pair[0]))
+    return [slot for _, slot in ranked[: max(len(slots) - keep, 0)]]
 
 
 class Handovers(Generic[S]):
@@ -51,6 +71,10 @@ class Handovers(Generic[S]):
             self._hand_over(revision_id, slots, old, new, timeout_s),
             name=f"hand-over of revision {revision_id}",
         )
+
+    def active(self, revision_id: str) -> bool:
+        """Whether a hand-over of the revision is in progress."""
+        return revision_id in self._tasks
 
     async def cancel(self, revision_id: str) -> None:
         """Stop the revision's hand-over where it is (the revision stops, or changes again)."""

@@ -8,7 +8,13 @@ with the minimal environment of `environment.replica_environment` (never the ser
 holds `GREENROOM_*` secrets) and gets its revision's secret through its standard input. A
 low-priority (staged) revision's replicas run `settings.staged_nice` nicer than live ones. A
 running revision's new spec (its priority) is handed over (`greenroom.runtime.handover`): new
-replicas start beside the old, which stop once the new ones are ready.
+replicas start beside the old, which stop once the new ones are ready. A change of the
+replica count alone (the autoscaler's) is made in place: new slots start beside the running
+ones (a replica is READY, and takes traffic, only after its warm-up embed), or the surplus is
+drained (STOPPING for `SCALE_DOWN_DRAIN_S`, so every router moves its queued batches away)
+and stopped; the other replicas are never restarted. Before a scale-up the supervisor asks
+`scale_up_refusal`: the memory a replica of the revision takes (the largest resident size of
+its running replicas, or an estimate from the model's files) against `MemAvailable`.
 """
 
 from __future__ import annotations
@@ -27,12 +33,51 @@ import orjson
 from greenroom.config import Settings
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.environment import replica_environment
-from greenroom.runtime.handover import Handovers
+from greenroom.runtime.handover import Handovers, count_change_only, surplus
 from greenroom.runtime.protocol import ReplicaClient
 
 log = logging.getLogger("greenroom.runtime.local")
 LOOPBACK = "127.0.0.1"
 HEALTHY_RESETS_BACKOFF_S = 30.0
+# a replica taken out by a scale-down is reported STOPPING this long before it is signalled:
+# routers in other processes learn it from the store's reports (a pass at least every second)
+SCALE_DOWN_DRAIN_S = 2.0
+# the memory of a replica not yet measured: its model's files times this, plus the runtime's own
+MODEL_MEMORY_FACTOR = 2.0
+REPLICA_BASE_BYTES = 200 * 2**20
+MIB = 2**20
+
+
+def available_memory() -> int | None:
+    """The bytes the kernel says new processes can still get (`MemAvailable`); None when
+    unknown (not Linux)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def resident_memory(pid: int) -> int | None:
+    """The resident size of a process in bytes (`VmRSS`); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def model_bytes(model_path: Path) -> int:
+    """The size of a model's files."""
+    if model_path.is_file():
+        return model_path.stat().st_size
+    return sum(p.stat().st_size for p in model_path.rglob("*") if p.is_file())
 
 
 async def hand_over_secret(process: asyncio.subprocess.Process, secret: str) -> None:
@@ -194,6 +239,14 @@ class ReplicaSlot:
             exited.cancel()
             await client.close()
 
+    async def retire(self, drain_s: float) -> None:
+        """Scale-down: reported STOPPING first, so routers send it nothing new and move its
+        queued batches elsewhere; stopped after `drain_s`."""
+        self._stopping = True
+        self._set(state=ReplicaState.STOPPING)
+        await asyncio.sleep(drain_s)
+        await self.stop()
+
     async def stop(self) -> None:
         """Graceful stop (SIGTERM), forced after the grace period."""
         self._stopping = True
@@ -237,10 +290,14 @@ class LocalRuntime(RuntimeBackend):
 
     async def start_revision(self, spec: RevisionSpec) -> None:
         revision_id = spec.revision_id
-        if self._specs.get(revision_id) == spec:
+        running = self._specs.get(revision_id)
+        if running == spec:
             return
         self._specs[revision_id] = spec
-        new = self._new_slots(spec)
+        if count_change_only(running, spec) and not self._handovers.active(revision_id):
+            await self._scale_in_place(spec)
+            return
+        new = self._new_slots(spec, spec.replicas)
         if revision_id not in self._slots:
             self._slots[revision_id] = new
             self._notify(revision_id)
@@ -249,10 +306,47 @@ class LocalRuntime(RuntimeBackend):
             revision_id, self._slots[revision_id], new, self.settings.replica_start_timeout_s
         )
 
-    def _new_slots(self, spec: RevisionSpec) -> list[ReplicaSlot]:
+    def _new_slots(self, spec: RevisionSpec, count: int) -> list[ReplicaSlot]:
         first = self._started.get(spec.revision_id, 0)
-        self._started[spec.revision_id] = first + spec.replicas
-        return [ReplicaSlot(self, spec, first + i) for i in range(spec.replicas)]
+        self._started[spec.revision_id] = first + count
+        return [ReplicaSlot(self, spec, first + i) for i in range(count)]
+
+    async def _scale_in_place(self, spec: RevisionSpec) -> None:
+        """Add slots up to `spec.replicas`, or drain and stop the surplus; the rest run on."""
+        slots = self._slots.setdefault(spec.revision_id, [])
+        for slot in slots:
+            slot.spec = spec
+        if spec.replicas > len(slots):
+            log.info("revision %s: %d → %d replicas", spec.revision_id, len(slots), spec.replicas)
+            slots.extend(self._new_slots(spec, spec.replicas - len(slots)))
+            self._notify(spec.revision_id)
+            return
+        leaving = surplus(slots, spec.replicas)
+        log.info("revision %s: %d → %d replicas", spec.revision_id, len(slots), spec.replicas)
+        await asyncio.gather(*(slot.retire(SCALE_DOWN_DRAIN_S) for slot in leaving))
+        slots[:] = [slot for slot in slots if slot not in leaving]
+        self._notify(spec.revision_id)
+
+    def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        available = available_memory()
+        if available is None:
+            return None
+        measured = [
+            rss
+            for slot in self._slots.get(spec.revision_id, [])
+            if slot.status.pid is not None and (rss := resident_memory(slot.status.pid)) is not None
+        ]
+        if measured:
+            each, basis = max(measured), "the resident size of a running replica"
+        else:
+            each = int(model_bytes(spec.model_path) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
+            basis = "estimated from the model's files"
+        if each * add <= available:
+            return None
+        return (
+            f"Not scaled up by {add} replica(s): each takes about {each // MIB} MiB ({basis}) "
+            f"and only {available // MIB} MiB of memory is available."
+        )
 
     async def stop_revision(self, revision_id: str) -> None:
         await self._handovers.cancel(revision_id)

@@ -11,6 +11,13 @@ Every replica change the backend reports goes to the workloads service (`record_
 where the worker waits for it; the live revision's health it returns decides its deployment
 version's LOST (no replica ready for `lost_after_s`) and its recovery, through the deployments
 service. This module reads and writes no table itself.
+
+Autoscaling (`greenroom.runtime.autoscale`): each pass, before reconciling, every serving
+revision whose config gives `min_replicas`/`max_replicas` gets one load sample (its ongoing
+requests summed over the fresh routers' reports) and the count `decide` returns is written
+through the workloads service (`scale_replicas`); the pass that follows carries it out, in
+place. A scale-up the runtime refuses (`scale_up_refusal`: not enough memory) is logged and
+shown as the revision's phase message instead.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +37,20 @@ from sqlalchemy.orm import Session
 from greenroom.config import default_threads
 from greenroom.deployments import service as deployments_service
 from greenroom.deployments.states import DeploymentStatus
+from greenroom.runtime.autoscale import AutoscalePolicy, LoadHistory, Sample, decide
 from greenroom.runtime.base import ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.serving.reports import fresh_reports
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
 from greenroom.workloads import service as workloads_service
 from greenroom.workloads.schemas import LiveHealth
+from greenroom.workloads.states import RevisionPhase
 
 log = logging.getLogger("greenroom.reconcile")
+# The runtime targets whose backend changes a replica count in place (adds replicas, or drains
+# the surplus). The Ray backend redeploys the application on any change of spec, so a Ray
+# revision with an autoscaling range keeps its count until it scales Serve's in place.
+IN_PLACE_TARGETS = frozenset({"local"})
 
 
 class DesiredRevision(Protocol):
@@ -130,8 +145,13 @@ class Reconciler:
         *,
         target: str | None = None,
         lost_after_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lost_after_s = lost_after_s
+        self._clock = clock
+        self._load: dict[str, LoadHistory] = {}  # autoscaled revisions' samples
+        self._refused: dict[str, str] = {}  # autoscaled revisions refused a scale-up: why
+        self._fixed: set[str] = set()  # revisions with a range on a runtime that cannot scale
         self._down_since: dict[str, datetime] = {}  # live revisions with no ready replica
         self.store = store
         self.runtime = runtime
@@ -147,6 +167,10 @@ class Reconciler:
         reporter = asyncio.create_task(self._report_loop())
         try:
             while True:
+                try:
+                    await self.autoscale_once()
+                except Exception:
+                    log.exception("autoscaling pass failed")
                 try:
                     await self.reconcile_once()
                 except Exception:  # the loop must survive a bad pass; the next one retries
@@ -166,6 +190,89 @@ class Reconciler:
         with self.store.session_scope() as session:
             revisions = workloads_service.desired_revisions(session, runtimes=self.targets)
             return [revision_spec(r) for r in revisions]
+
+    # ----- autoscaling -----------------------------------------------------------------------
+    async def autoscale_once(self) -> dict[str, int]:
+        """Sample the load of every autoscaled revision, decide, and write the counts that
+        change (returned by revision id); the next `reconcile_once` carries them out."""
+        scaled, load = await asyncio.to_thread(self._autoscaled)
+        now = self._clock()
+        changes: dict[str, int] = {}
+        refusals: dict[str, str] = {}
+        for revision_id, (spec, policy) in scaled.items():
+            history = self._load.setdefault(revision_id, LoadHistory())
+            keep_s = max(policy.upscale_delay_s, policy.downscale_delay_s)
+            history.add(Sample(at=now, ongoing=load.get(revision_id, 0.0)), keep_s=keep_s)
+            current = spec.replicas
+            wanted = decide(history.samples, current=current, policy=policy, now=now)
+            if wanted > current and (
+                reason := self.runtime.scale_up_refusal(spec, wanted - current)
+            ):
+                if revision_id not in self._refused:  # once, not every pass
+                    log.warning("revision %s: %s", revision_id, reason)
+                    refusals[revision_id] = reason
+                self._refused[revision_id] = reason
+                continue
+            self._refused.pop(revision_id, None)
+            if wanted != current:
+                log.info(
+                    "revision %s: %d → %d replicas (%.1f ongoing requests, target %.1f each)",
+                    revision_id,
+                    current,
+                    wanted,
+                    load.get(revision_id, 0.0),
+                    policy.target_ongoing_requests,
+                )
+                changes[revision_id] = wanted
+        for revision_id in set(self._load) - set(scaled):
+            del self._load[revision_id]
+            self._refused.pop(revision_id, None)
+        if changes or refusals:
+            await asyncio.to_thread(self._write_scaling, changes, refusals)
+        for revision_id in changes:
+            self._load[revision_id].reset()  # each step waits its delay afresh
+        return changes
+
+    def _autoscaled(
+        self,
+    ) -> tuple[dict[str, tuple[RevisionSpec, AutoscalePolicy]], dict[str, float]]:
+        """The serving revisions with an autoscaling range (spec and policy) and the ongoing
+        requests of each, summed over the routers that reported recently."""
+        with self.store.session_scope() as session:
+            scaled = {}
+            for revision in workloads_service.desired_revisions(session, runtimes=self.targets):
+                policy = AutoscalePolicy.from_config(revision.config)
+                if policy is None or not RevisionPhase(revision.phase).is_serving():
+                    continue
+                if revision.runtime not in IN_PLACE_TARGETS:
+                    if revision.id not in self._fixed:
+                        self._fixed.add(revision.id)
+                        log.warning(
+                            "revision %s: not autoscaled: the %s runtime cannot change its "
+                            "replica count in place yet",
+                            revision.id,
+                            revision.runtime,
+                        )
+                    continue
+                scaled[revision.id] = (revision_spec(revision), policy)
+            load: dict[str, float] = {}
+            if scaled:
+                for report in fresh_reports(session):
+                    for revision_id, ongoing in (report.in_flight or {}).items():
+                        if revision_id in scaled:
+                            load[revision_id] = load.get(revision_id, 0.0) + float(ongoing)
+            return scaled, load
+
+    def _write_scaling(self, changes: dict[str, int], refusals: dict[str, str]) -> None:
+        with self.store.session_scope() as session:
+            for revision_id, replicas in changes.items():
+                workloads_service.scale_replicas(
+                    session, revision_id=revision_id, replicas=replicas
+                )
+            for revision_id, reason in refusals.items():
+                workloads_service.record_scaling_refused(
+                    session, revision_id=revision_id, reason=reason
+                )
 
     # ----- reporting -----------------------------------------------------------------------
     def _on_runtime_change(self, revision_id: str) -> None:

@@ -116,7 +116,10 @@ def to_read(
         deletedAt=revision.deleted_at,
         requestedNodePools=[revision.runtime],
         currentNodePools=[revision.runtime] if revision.ready_replicas else [],
-        requestedPods=RequestedPods(number=int(config.get("replicas", 1))),
+        # what the revision asks for now: autoscaled, or its fixed count
+        requestedPods=RequestedPods(
+            number=revision.desired_replicas or int(config.get("replicas", 1))
+        ),
         runningPods=revision.ready_replicas,
         images=[f"{revision.source}@sha256:{revision.content_hash}"],
         command=REPLICA_COMMAND,

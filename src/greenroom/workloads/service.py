@@ -279,13 +279,53 @@ def want_replicas(
     replicas again and keeps its priority."""
     revision = get_revision_or_fail(db_session, revision_id=revision_id)
     asked_before, priority_before = revision.desired_replicas, revision.priority
-    revision.desired_replicas = int(revision.config.get("replicas", 1))
+    revision.desired_replicas = starting_replicas(db_session, revision)
     if priority is not None:
         revision.priority = _checked_priority(priority)
     if not _move(revision, RevisionPhase.INITIALIZING, INITIALIZING_MESSAGE).accepted:
         revision.desired_replicas = asked_before
         revision.priority = priority_before
     return revision.desired_replicas
+
+
+def starting_replicas(db_session: Session, revision: Revision) -> int:
+    """The count a revision's replicas start at: its config's `replicas`; with an autoscaling
+    range (`min_replicas`/`max_replicas`), the count it already asks for (a step resumed), else
+    the live revision's current count for the same name (green takes over blue's load), within
+    the range; `min_replicas` with neither."""
+    config = revision.config
+    low, high = config.get("min_replicas"), config.get("max_replicas")
+    if low is None or high is None:
+        return int(config.get("replicas", 1))
+    current = revision.desired_replicas
+    live = get_live(db_session, served_name=revision.served_name)
+    if not current and live is not None and live.revision_id != revision.id:
+        blue = get_revision(db_session, revision_id=live.revision_id)
+        current = blue.desired_replicas if blue is not None else 0
+    return max(int(low), min(int(high), current or int(low)))
+
+
+def scale_replicas(db_session: Session, *, revision_id: str, replicas: int) -> bool:
+    """Set the replica count of a serving (Running or Degraded) revision that asks for
+    replicas: the autoscaler's decision, which the reconciler carries out in place (no new
+    revision). False, and nothing written, for any other revision (one being rolled out,
+    stopped or gone)."""
+    revision = get_revision(db_session, revision_id=revision_id)
+    if revision is None or revision.desired_replicas <= 0 or replicas <= 0:
+        return False
+    if not RevisionPhase(revision.phase).is_serving():
+        return False
+    revision.desired_replicas = replicas
+    return True
+
+
+def record_scaling_refused(db_session: Session, *, revision_id: str, reason: str) -> None:
+    """Show why the revision did not get the replicas the autoscaler wanted (its phase
+    message; the phase stays). The next replica report writes its own message again."""
+    revision = get_revision(db_session, revision_id=revision_id)
+    if revision is None or not RevisionPhase(revision.phase).is_serving():
+        return
+    _move(revision, RevisionPhase(revision.phase), reason)
 
 
 def set_priority(db_session: Session, *, revision_id: str, priority: Priority | str) -> None:
