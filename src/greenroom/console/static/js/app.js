@@ -31,7 +31,8 @@ function context() {
     me,
     can,
     signal,
-    /** Run `fn` now and every `ms` while this page is shown; errors show in `onError`. */
+    /** Run `fn` every `ms` while this page is shown (first after `ms`: the page drew itself
+     * already); an error is logged and the next tick tries again. */
     every(ms, fn) {
       let running = false;
       const tick = async () => {
@@ -45,7 +46,6 @@ function context() {
           running = false;
         }
       };
-      tick();
       timers.push(setInterval(tick, ms));
     },
     navigate,

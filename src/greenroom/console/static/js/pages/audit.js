@@ -81,12 +81,7 @@ export const page = {
       ),
     );
     await load(1);
-    let first = true;
     ctx.every(REFRESH_MS, async () => {
-      if (first) {
-        first = false;
-        return;
-      }
       if (current === 1) {
         await load(1); // the newest writes; older pages stay as they were read
       }

@@ -63,12 +63,7 @@ export const page = {
     );
     draw(state, ctx);
 
-    let first = true;
     ctx.every(REFRESH_MS, async () => {
-      if (first) {
-        first = false;
-        return;
-      }
       try {
         state.data = await load(state, ctx.signal);
         draw(state, ctx);

@@ -148,12 +148,7 @@ export const page = {
       view.update(state);
     };
     showAnswer(await load());
-    let first = true;
     ctx.every(POLL_MS, async () => {
-      if (first) {
-        first = false; // the answer above is this tick's
-        return;
-      }
       try {
         showAnswer(await load());
         view?.refreshed(null);

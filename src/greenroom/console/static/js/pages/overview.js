@@ -52,12 +52,7 @@ export const page = {
       status,
     );
     drawCharts(state);
-    let first = true;
     ctx.every(REFRESH_MS, async () => {
-      if (first) {
-        first = false;
-        return;
-      }
       try {
         await load();
         drawCharts(state);

@@ -52,12 +52,7 @@ export const page = {
     );
     draw(state, ctx);
 
-    let first = true;
     ctx.every(POLL_MS, async () => {
-      if (first) {
-        first = false;
-        return;
-      }
       if (FINAL_STATUSES.includes(state.task.status)) {
         // Ended: nothing changes any more; a running duration no longer ticks.
         return;

@@ -176,12 +176,7 @@ export const page = {
       ),
     );
     await refresh();
-    let first = true;
     ctx.every(REFRESH_MS, async () => {
-      if (first) {
-        first = false;
-        return;
-      }
       if (document.querySelector("dialog[open]")) return; // a revoke is being confirmed
       await refresh();
     });

@@ -91,12 +91,7 @@ export const page = {
       fill(list, h("p", { class: "empty", "data-testid": "traffic-unavailable" }, "This server has no traffic API (GET /v1/traffic): upgrade greenroom to see traffic here, or read the same figures on /metrics."));
       return;
     }
-    let first = true;
     ctx.every(REFRESH_MS, async () => {
-      if (first) {
-        first = false; // drawn above
-        return;
-      }
       try {
         draw(await load());
       } catch (error) {
