@@ -1010,3 +1010,16 @@ def test_names_stored_before_the_ascii_rule_still_read(client: TestClient, store
         )
     [listed] = call(client, "GET", "/deployment-configs", 200)["data"]
     assert (listed["name"], listed["model_spec"]["model_name"]) == ("cé", "mé")
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [{"min_replicas": 3, "max_replicas": 1}, {"min_replicas": 2}, {"max_replicas": 2}],
+)
+def test_an_autoscaling_range_must_be_whole(client: TestClient, executor: dict) -> None:
+    response = client.post(
+        BASE + "/deployment-configs",
+        json={"name": "c1", "model_spec": {"model_name": "m1"}, "executor_config": executor},
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "min_replicas" in response.text
