@@ -34,9 +34,7 @@ import contextlib
 import itertools
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import serving  # bench/serving.py: free ports, the greenroom command, stopping a server
 from sqlalchemy import Engine, create_engine, insert, select, text, update
 
 from greenroom.deployments.models import Deployment, DeploymentConfig
@@ -331,23 +330,9 @@ def analyze(engine: Engine) -> None:
 # ----- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def greenroom_command() -> list[str]:
-    script = Path(sys.executable).parent / "greenroom"
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("greenroom")
-    return [found] if found else [sys.executable, "-m", "greenroom.cli"]
-
-
 @contextlib.contextmanager
 def running_server(url: str, data_dir: Path) -> Iterator[str]:
-    port = free_port()
+    port = serving.free_port()
     log_path = data_dir / "bench-server.log"
     env = {
         **os.environ,
@@ -358,7 +343,7 @@ def running_server(url: str, data_dir: Path) -> Iterator[str]:
         "GREENROOM_WORKER_ENABLED": "false",
         "GREENROOM_SUPERVISOR": "false",
     }
-    command = [*greenroom_command(), "serve", "--host", HOST, "--port", str(port)]
+    command = [*serving.greenroom_command(), "serve", "--host", HOST, "--port", str(port)]
     command += ["--data-dir", str(data_dir)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -374,16 +359,7 @@ def running_server(url: str, data_dir: Path) -> Iterator[str]:
         wait_ready(process, base_url, log_path)
         yield base_url
     finally:
-        try:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            progress(f"server {process.pid} did not stop in time; killing its process group")
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        serving.stop_process_group(process, STOP_GRACE_S)
 
 
 def wait_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
