@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from factories import HashEngine
 from fastapi.testclient import TestClient
-from servers import ADMIN_HEADERS, ADMIN_TOKEN
-
-from greenroom.app import create_app
-from greenroom.config import Settings
-from greenroom.runtime.fake import FakeRuntime
+from servers import ADMIN_HEADERS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "greenroom.json"
@@ -34,19 +28,6 @@ SAMPLE_SUFFIXES = {
     "summary": ("", "_sum", "_count", "_created"),
     "info": ("_info",),
 }
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("grafana"),
-        default_model_id="",
-        worker_enabled=False,
-        admin_token=ADMIN_TOKEN,
-    )
-    app = create_app(settings, FakeRuntime(lambda spec: HashEngine()))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

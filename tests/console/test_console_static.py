@@ -4,30 +4,10 @@ strict Content-Security-Policy; no inline script anywhere."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
-from factories import HashEngine
 from fastapi.testclient import TestClient
-from servers import ADMIN_TOKEN
 
-from greenroom.app import create_app
-from greenroom.config import Settings
 from greenroom.console import STATIC_DIR
-from greenroom.runtime.fake import FakeRuntime
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("console"),
-        default_model_id="",
-        worker_enabled=False,
-        admin_token=ADMIN_TOKEN,
-    )
-    app = create_app(settings, FakeRuntime(lambda spec: HashEngine()))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 def test_the_console_is_open_and_sent_with_a_strict_policy(client: TestClient) -> None:
