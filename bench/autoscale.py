@@ -1,6 +1,7 @@
 """Autoscaling benchmark for greenroom: prints figures, it is not a test.
 
-What it does, in one run of `greenroom serve` (local runtime, default model all-minilm-l6-v2):
+What it does, in one run of `greenroom serve` (`--runtime`: local, or ray for a private local Ray
+whose Serve application's `num_replicas` greenroom sets; default model all-minilm-l6-v2):
 1. A first start (the database of a reused `--data-dir` is deleted, its ONNX cache kept), then a
    deploy through the Tasks API with `threads` 1 (one engine thread per replica, so a second
    replica adds capacity on 2 cores), `min_replicas` 1, `max_replicas` 2, `target_ongoing_requests`
@@ -13,7 +14,8 @@ Then it prints the ready replicas over time, the time from the load step to the 
 ready and from the step down to one replica again, p50/p99 per phase (the high phase split at the
 moment the second replica was ready) and the failed requests.
 Every process started here is stopped at the end, also on Ctrl-C or an error.
-Run: `.venv/bin/python bench/autoscale.py --data-dir /tmp/gr-bench-autoscale` (see `--help`).
+Run: `.venv/bin/python bench/autoscale.py --data-dir /tmp/gr-bench-autoscale` (see `--help`);
+`--runtime ray` for the same on Ray Serve.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path) -> None:
     ]
     sentences = tuple(make_sentences())
     with (
-        running_server(data_dir, "local") as server,
+        running_server(data_dir, args.runtime) as server,
         httpx.Client(base_url=server.base_url, headers=AUTH_HEADERS, timeout=30.0) as api,
     ):
         progress(f"deploying {MODEL_NAME} with {config}")
@@ -247,13 +249,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", type=Path, help="kept (its ONNX cache); a temp dir if not given"
     )
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--low-s", type=float, default=10.0)
-    parser.add_argument("--high-s", type=float, default=40.0)
-    parser.add_argument("--after-s", type=float, default=25.0)
-    parser.add_argument("--target", type=float, default=2.0)
-    parser.add_argument("--upscale-delay-s", type=float, default=3.0)
-    parser.add_argument("--downscale-delay-s", type=float, default=10.0)
+    parser.add_argument(
+        "--runtime",
+        choices=["local", "ray"],
+        default="local",
+        help="runtime backend of the server, passed as GREENROOM_RUNTIME (ray: a private "
+        "local Ray unless RAY_ADDRESS is set); default: %(default)s",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=32, help="clients of the high phase (%(default)s)"
+    )
+    parser.add_argument(
+        "--low-s", type=float, default=10.0, help="seconds at 1 client first (%(default)s)"
+    )
+    parser.add_argument(
+        "--high-s", type=float, default=40.0, help="seconds at --clients (%(default)s)"
+    )
+    parser.add_argument(
+        "--after-s", type=float, default=25.0, help="seconds at 1 client after (%(default)s)"
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=2.0,
+        help="target_ongoing_requests per replica (%(default)s)",
+    )
+    parser.add_argument(
+        "--upscale-delay-s", type=float, default=3.0, help="upscale_delay_s (%(default)s)"
+    )
+    parser.add_argument(
+        "--downscale-delay-s", type=float, default=10.0, help="downscale_delay_s (%(default)s)"
+    )
     return parser.parse_args(argv)
 
 

@@ -9,6 +9,7 @@ and `replica_gone` where a backend's replicas are not plain local processes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -143,6 +144,59 @@ class RuntimeConformance(ABC):
             assert identity(after) != identity(before)
             assert_unit_vectors(await embed_probe(after, normal), None)
 
+    async def settled(self, backend: RuntimeBackend, revision_id: str) -> None:  # noqa: B027
+        """Wait until the backend has finished changing the revision's replicas (Ray: Serve
+        reports its deployment healthy at the wanted count); the count's change is awaited
+        (the local and fake runtimes) or its replicas reported at once otherwise."""
+
+    @async_test
+    async def test_a_count_change_scales_in_place(self) -> None:
+        """1 → 2 → 1, as the autoscaler asks: a replica is added beside the running one, which
+        never restarts; on the way down one of the two reports STOPPING (routers move away)
+        before it goes, the other serves on; a ready replica at every moment."""
+        spec = self.revision_spec("rev-scale")
+        two = replace(spec, replicas=2)
+        async with self.running_backend() as backend:
+            seen: list[list[ReplicaState]] = []
+            backend.subscribe(lambda rid: seen.append([r.state for r in backend.replicas(rid)]))
+            await backend.start_revision(spec)
+            (first,) = await wait_ready(backend, spec.revision_id, 1)
+            ready_counts: list[int] = []
+            watching = asyncio.create_task(watch_ready(backend, spec.revision_id, ready_counts))
+            try:
+                await backend.start_revision(two)
+                assert backend.running() == {spec.revision_id: two}
+                await wait_ready(backend, spec.revision_id, 2)
+                await self.settled(backend, spec.revision_id)
+                both = backend.ready_replicas(spec.revision_id)
+                assert identity(first) in {identity(r) for r in both}  # not restarted
+                assert len(both) == 2 and all(r.restarts == 0 for r in both), both
+                for replica in both:
+                    assert_unit_vectors(await embed_probe(replica, spec), None)
+
+                seen.clear()
+                await backend.start_revision(spec)
+                assert backend.running() == {spec.revision_id: spec}
+
+                def one_left() -> bool:
+                    replicas = backend.replicas(spec.revision_id)
+                    return len(replicas) == 1 and replicas[0].state.is_ready()
+
+                await wait_until(one_left, deadline_s=READY_DEADLINE_S, what="one replica left")
+                await self.settled(backend, spec.revision_id)
+                (left,) = backend.replicas(spec.revision_id)
+                # one of the two, not restarted
+                assert identity(left) in {identity(r) for r in both} and left.restarts == 0
+                (gone,) = [r for r in both if identity(r) != identity(left)]
+                await wait_until(lambda: self.replica_gone(gone), what="the surplus to exit")
+            finally:
+                watching.cancel()
+            assert backend.replicas(spec.revision_id) == [left]
+            # drained first: reported STOPPING beside the ready one before it went
+            assert [ReplicaState.READY, ReplicaState.STOPPING] in [sorted(s) for s in seen]
+            assert ready_counts and min(ready_counts) >= 1, ready_counts
+            assert_unit_vectors(await embed_probe(left, spec), None)
+
     @async_test
     async def test_unknown_revision_has_no_replicas(self) -> None:
         async with self.running_backend() as backend:
@@ -239,6 +293,13 @@ class RuntimeConformance(ABC):
                 what="every replica process to exit",
             )
         # leaving the block closes the backend a second time: that must be harmless
+
+
+async def watch_ready(backend: RuntimeBackend, revision_id: str, counts: list[int]) -> None:
+    """Sample the revision's ready replicas every 10 ms into `counts` until cancelled."""
+    while True:
+        counts.append(len(backend.ready_replicas(revision_id)))
+        await asyncio.sleep(0.01)
 
 
 def identity(replica: ReplicaStatus) -> tuple[object, ...]:

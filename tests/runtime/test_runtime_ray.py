@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,16 @@ pytest.importorskip("ray")
 
 import numpy as np
 import ray
-from conformance import PROBE_TEXTS, RuntimeConformance, embed_probe, tokenize, wait_ready
-from helpers import async_test, pid_alive
+from conformance import (
+    PROBE_TEXTS,
+    READY_DEADLINE_S,
+    RuntimeConformance,
+    embed_probe,
+    tokenize,
+    wait_ready,
+)
+from helpers import async_test, pid_alive, wait_until
+from ray import serve
 
 from greenroom.config import Settings
 from greenroom.registry.weights import content_hash
@@ -24,6 +33,7 @@ from greenroom.runtime.base import (
 )
 from greenroom.runtime.ray import (
     ACTOR_PREFIX,
+    DEPLOYMENT,
     SERVE_NAMESPACE,
     RayRuntime,
     Slot,
@@ -74,6 +84,17 @@ class TestRayRuntimeConformance(RuntimeConformance):
 
     def replica_gone(self, replica: ReplicaStatus) -> bool:
         return replica.pid is None or not pid_alive(replica.pid)
+
+    async def settled(self, backend: RuntimeBackend, revision_id: str) -> None:
+        """Serve reports the revision's deployment HEALTHY: at its wanted count, with no
+        replica still being started, replaced (a code update) or stopped."""
+
+        def healthy() -> bool:
+            app = serve.status().applications.get(app_name(revision_id))
+            deployment = app.deployments.get(DEPLOYMENT) if app else None
+            return deployment is not None and deployment.status == "HEALTHY"
+
+        await wait_until(healthy, deadline_s=READY_DEADLINE_S, what="a healthy deployment")
 
 
 @async_test
@@ -141,3 +162,50 @@ def test_slots_keep_their_ids_and_count_replacements() -> None:
     assert slots[1].status.restarts == 0
     assign(slots, set(), {}, ("DEPLOY_FAILED", "constructor raised"))
     assert {s.status.message for s in slots} == {"constructor raised"}
+
+
+def test_a_scale_down_drops_the_slots_whose_replicas_serve_stopped() -> None:
+    """Serve picks the replica a scale-down stops; it reports itself stopping first, and its
+    slot goes once it has gone, not counted as a restart; the others keep theirs."""
+    endpoint = {"host": "127.0.0.1", "port": 1, "pid": 10}
+    slots = [Slot(ReplicaStatus(f"r-{i}", "r", ReplicaState.STARTING)) for i in range(3)]
+    alive = {"a", "b", "c"}
+    endpoints = {s: {**endpoint, "port": port} for port, s in enumerate(sorted(alive), 1)}
+    assign(slots, alive, endpoints, ("RUNNING", ""), wanted=3)
+    assert [s.serve_id for s in slots] == ["a", "b", "c"]
+
+    stopping = {**endpoints, "a": {**endpoints["a"], "stopping": True}}
+    assign(slots, alive, stopping, ("RUNNING", ""), wanted=2)
+    assert [s.status.state for s in slots] == [
+        ReplicaState.STOPPING,
+        ReplicaState.READY,
+        ReplicaState.READY,
+    ]
+    assert slots[0].status.endpoint is None  # routers send it nothing more
+
+    assign(slots, {"b", "c"}, endpoints, ("RUNNING", ""), wanted=2)
+    assert [s.status.replica_id for s in slots] == ["r-1", "r-2"]
+    assert all(s.status.state is ReplicaState.READY and s.status.restarts == 0 for s in slots)
+
+    # a scale-up reversed before its replica started: the empty slot goes
+    slots.append(Slot(ReplicaStatus("r-3", "r", ReplicaState.STARTING)))
+    assign(slots, {"b", "c"}, endpoints, ("RUNNING", ""), wanted=2)
+    assert [s.status.replica_id for s in slots] == ["r-1", "r-2"]
+
+
+def test_a_scale_up_ray_cannot_place_is_refused_with_a_reason(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    runtime = ray_runtime(tmp_path, onnx_cache_dir)
+    runtime.settings.ray_replica_num_cpus = 0.5
+    spec = RevisionSpec("rev-cpu", tiny_model_dir, content_hash(tiny_model_dir), secret=SECRET)
+    assert runtime.scale_up_refusal(spec, 1) is None  # not polled yet: nothing to go by
+    runtime._free = {"CPU": 1.0, "memory": 1e12}
+    assert runtime.scale_up_refusal(spec, 2) is None
+    reason = runtime.scale_up_refusal(spec, 3)
+    assert reason == (
+        "Not scaled up by 3 replica(s): they ask Ray for 1.5 CPU and the cluster has 1 free."
+    )
+    gpu = replace(spec, gpu=1)
+    reason = runtime.scale_up_refusal(gpu, 1)
+    assert reason is not None and "1 GPU" in reason and "0 free" in reason

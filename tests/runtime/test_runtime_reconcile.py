@@ -326,17 +326,15 @@ async def test_a_revision_that_is_not_serving_is_not_autoscaled(sqlite_store: St
 
 
 @async_test
-async def test_a_ray_revision_keeps_its_count_until_ray_scales_in_place(
-    sqlite_store: Store,
-) -> None:
+async def test_a_ray_revision_is_autoscaled_in_place_too(sqlite_store: Store) -> None:
     revision_id = add_revision(sqlite_store)
     desire(sqlite_store, revision_id, replicas=1, **{**AUTOSCALED, "upscale_delay_s": 0.0})
     with sqlite_store.session_scope() as session:
         revision = session.get(Revision, revision_id)
         assert revision is not None
-        revision.runtime = "ray"  # its backend redeploys on any change of spec
+        revision.runtime = "ray"  # its backend sets the Serve application's num_replicas
     runtime = RecordingRuntime()
     reconciler = Reconciler(sqlite_store, runtime, Signals(), target="ray", clock=Clock())
     report_load(sqlite_store, "a", {revision_id: 8})
-    assert await reconciler.autoscale_once() == {}
-    assert stored(sqlite_store, revision_id)[0] == 1
+    assert await reconciler.autoscale_once() == {revision_id: 2}
+    assert stored(sqlite_store, revision_id)[0] == 2

@@ -121,8 +121,9 @@ class RuntimeBackend(ABC):
     def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
         """Why `add` more replicas of the revision cannot start here (not enough memory), or
         None when they can; asked before an autoscaling scale-up. A change of `spec.replicas`
-        alone is made in place by the local and fake runtimes: replicas are added, or the
-        surplus drained and stopped, and the others run on."""
+        alone is made in place by the local, fake and Ray runtimes (Ray: the Serve
+        application's `num_replicas`): replicas are added, or the surplus drained and stopped,
+        and the others run on."""
         return None
 
     def revisions(self) -> list[str]:

@@ -13,6 +13,23 @@ revision's secret as a bind argument, which guards their protocol port. A low-pr
 revision's replicas ask Ray for half the CPUs (`replica_num_cpus`); its priority is part of the
 kept spec, so an adopted application is not redeployed for it.
 
+A change of the replica count alone (the autoscaler's, `handover.count_change_only`) is made in
+place: the same application is deployed again with the same code version (`code_version`: a
+hash of everything its replicas run, not a random one as `serve.run` gives) and a new
+`num_replicas`, which Serve takes as a lightweight update: it starts or stops replicas and
+leaves the others running. A new replica takes traffic only once it publishes its endpoint,
+after its warm-up embed. On a scale-down Serve chooses the replica to stop (by its own rule:
+not yet running first, then off the head node, on the node with fewest replicas, the newest;
+`DeploymentScheduler._get_replicas_to_stop`) and greenroom cannot name it. So the draining is
+the replica's own: Serve's graceful shutdown calls its `__del__`, where it first reports itself
+stopping (its KV endpoint marked `stopping`, read here as STOPPING, so every router stops
+sending to it and moves its queued batches), waits `ray_replica.SCALE_DOWN_DRAIN_S` for routers
+in other processes to learn it from the store, and only then closes its protocol server. That
+holds whichever replica Serve picks, and for any other graceful stop of Serve's (a node being
+drained). Deleting an application (a revision stopped after its drain) skips the wait.
+Before a scale-up, `scale_up_refusal` checks the CPUs (and GPUs) Ray has free for the new
+replicas' share, and on a private Ray (this machine) the memory, as the local runtime does.
+
 Every call into Ray runs on one thread of its own (`_call`), off the event loop.
 """
 
@@ -20,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -32,6 +51,15 @@ import orjson
 from greenroom.config import Settings, default_threads
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.environment import replica_environment
+from greenroom.runtime.handover import count_change_only
+from greenroom.runtime.local import (
+    MIB,
+    MODEL_MEMORY_FACTOR,
+    REPLICA_BASE_BYTES,
+    available_memory,
+    model_bytes,
+    resident_memory,
+)
 from greenroom.runtime.ray_cluster import (
     KV_NAMESPACE,
     LOOPBACK,
@@ -42,7 +70,14 @@ from greenroom.runtime.ray_cluster import (
     start_serve,
     stop_private_ray,
 )
-from greenroom.runtime.ray_replica import GreenroomReplica, kv, spec_from_json, spec_to_json
+from greenroom.runtime.ray_replica import (
+    DELETING_PREFIX,
+    SCALE_DOWN_DRAIN_S,
+    GreenroomReplica,
+    kv,
+    spec_from_json,
+    spec_to_json,
+)
 
 log = logging.getLogger("greenroom.runtime.ray")
 APP_PREFIX = "greenroom-"
@@ -69,6 +104,18 @@ class RayRevision:
     spec: RevisionSpec
     slots: list[Slot] = field(default_factory=list)
     deploy_error: str = ""  # Serve refused the application
+    next_index: int = 0  # the index of the next slot's id: ids are never reused
+
+
+def new_slot(revision_id: str, index: int) -> Slot:
+    return Slot(
+        ReplicaStatus(
+            replica_id=f"{revision_id}-{index}",
+            revision_id=revision_id,
+            state=ReplicaState.STARTING,
+            message="starting on Ray Serve",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,7 @@ class Observation:
     apps: dict[str, tuple[str, str]]
     alive: dict[str, set[str]]  # app → Serve replica ids whose actors are alive
     endpoints: dict[str, dict[str, dict[str, Any]]]  # app → Serve replica id → endpoint
+    free: dict[str, float] = field(default_factory=dict)  # Ray's available resources
 
 
 class RayRuntime(RuntimeBackend):
@@ -104,6 +152,7 @@ class RayRuntime(RuntimeBackend):
         self.owns_ray = False
         self._temp_dir: Path | None = None
         self._revisions: dict[str, RayRevision] = {}
+        self._free: dict[str, float] | None = None  # Ray's available resources, last poll
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray")
         self._opened: asyncio.Future[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -158,24 +207,21 @@ class RayRuntime(RuntimeBackend):
         return specs
 
     def _new_revision(self, spec: RevisionSpec) -> RayRevision:
-        slots = [
-            Slot(
-                ReplicaStatus(
-                    replica_id=f"{spec.revision_id}-{i}",
-                    revision_id=spec.revision_id,
-                    state=ReplicaState.STARTING,
-                    message="starting on Ray Serve",
-                )
-            )
-            for i in range(spec.replicas)
-        ]
-        return RayRevision(spec, slots)
+        slots = [new_slot(spec.revision_id, i) for i in range(spec.replicas)]
+        return RayRevision(spec, slots, next_index=spec.replicas)
 
     # ----- the interface ------------------------------------------------------------------
     async def start_revision(self, spec: RevisionSpec) -> None:
         await self.open()
         current = self._revisions.get(spec.revision_id)
         if current is not None and current.spec == spec:
+            return
+        if (
+            current is not None
+            and not current.deploy_error
+            and count_change_only(current.spec, spec)
+        ):
+            await self._scale_in_place(current, spec)
             return
         if current is not None:
             await self.stop_revision(spec.revision_id)
@@ -189,6 +235,46 @@ class RayRuntime(RuntimeBackend):
             if revision is not None:
                 revision.deploy_error = f"Ray Serve refused the application: {exc}"
             self._set_all(spec.revision_id, ReplicaState.BACKOFF, f"Serve refused it: {exc}")
+
+    async def _scale_in_place(self, revision: RayRevision, spec: RevisionSpec) -> None:
+        """Set the application's `num_replicas`: Serve adds replicas beside the running ones,
+        or stops the surplus it chooses, each of which drains itself first (see the module's
+        docstring); their slots go once their replicas have (`assign`)."""
+        before = revision.spec
+        log.info(
+            "revision %s: %d → %d replicas on Ray Serve",
+            spec.revision_id,
+            before.replicas,
+            spec.replicas,
+        )
+        revision.spec = spec
+        added = [
+            new_slot(spec.revision_id, revision.next_index + i)
+            for i in range(spec.replicas - len(revision.slots))
+        ]
+        revision.next_index += len(added)
+        revision.slots.extend(added)
+        self._notify(spec.revision_id)
+        try:
+            await self._call(self._deploy, spec)
+        except Exception:  # the application runs on at its count; the next pass retries
+            log.exception("scaling revision %s on Ray Serve failed", spec.revision_id)
+            revision.spec = before
+            revision.slots[:] = [
+                slot for slot in revision.slots if all(slot is not a for a in added)
+            ]
+            self._notify(spec.revision_id)
+
+    def code_version(self, spec: RevisionSpec, bind_args: tuple[str, ...]) -> str:
+        """The Serve code version of a revision's application: a hash of everything its
+        replicas run apart from their count (and the secret, which never changes for a
+        revision). The same for a count change, so Serve keeps the running replicas (with
+        `serve.run`'s random version it would replace every one)."""
+        digest = hashlib.sha256(spec_to_json(replace(spec, replicas=0)))
+        cls = self.replica_class
+        for part in (f"{cls.__module__}.{cls.__qualname__}", *bind_args):
+            digest.update(b"\0" + part.encode())
+        return digest.hexdigest()[:16]
 
     def _deploy(self, spec: RevisionSpec) -> None:
         from ray import serve
@@ -221,11 +307,16 @@ class RayRuntime(RuntimeBackend):
             health_check_period_s=1.0,
             health_check_timeout_s=self.settings.replica_health_timeout_s,
             graceful_shutdown_wait_loop_s=0.2,
-            graceful_shutdown_timeout_s=self.settings.replica_stop_grace_s,
+            # a replica Serve stops drains itself first (`ray_replica.SCALE_DOWN_DRAIN_S`)
+            graceful_shutdown_timeout_s=SCALE_DOWN_DRAIN_S + self.settings.replica_stop_grace_s,
         )
+        # A fixed version (`Deployment` has no public option for it any more): a deploy that
+        # changes `num_replicas` alone keeps the running replicas.
+        places = (str(self.onnx_cache_dir), bind_host, report_host)
+        deployment._version = self.code_version(spec, places)
         # The secret travels as a bind argument, through Ray's authenticated channel; never in
         # `runtime_env` (an environment listing) or the KV spec.
-        app = deployment.bind(raw, str(self.onnx_cache_dir), bind_host, report_host, spec.secret)
+        app = deployment.bind(raw, *places, spec.secret)
         _run_many(
             [RunTarget(target=app, name=name, route_prefix=f"/{name}")],
             wait_for_ingress_deployment_creation=False,
@@ -253,12 +344,58 @@ class RayRuntime(RuntimeBackend):
         from ray import serve
 
         name = app_name(revision_id)
-        if name in serve.status().applications:
-            serve.delete(name, _blocking=True)
         store = kv()
+        if name in serve.status().applications:
+            # drained already (the caller's promise): its replicas stop without their wait
+            store._internal_kv_put(f"{DELETING_PREFIX}{name}", b"1", namespace=KV_NAMESPACE)
+            serve.delete(name, _blocking=True)
         for key in store._internal_kv_list(f"{name}/", namespace=KV_NAMESPACE):
             store._internal_kv_del(key, namespace=KV_NAMESPACE)
         store._internal_kv_del(f"spec/{name}", namespace=KV_NAMESPACE)
+        store._internal_kv_del(f"{DELETING_PREFIX}{name}", namespace=KV_NAMESPACE)
+
+    def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        """Why Ray cannot place `add` more replicas of the revision: not enough free CPUs (or
+        GPUs) in the cluster for their share, as the last poll saw them; on a private Ray,
+        whose replicas run on this machine, not enough memory either. Ray itself would leave
+        such a replica pending for ever."""
+        free = self._free
+        if free is None:
+            return None  # not polled yet: Ray will tell by leaving it pending
+        cpus = self.replica_num_cpus(spec) * add
+        if cpus > free.get("CPU", 0.0) + 1e-9:
+            return (
+                f"Not scaled up by {add} replica(s): they ask Ray for {cpus:g} CPU and the "
+                f"cluster has {free.get('CPU', 0.0):g} free."
+            )
+        if spec.gpu and spec.gpu * add > free.get("GPU", 0.0):
+            return (
+                f"Not scaled up by {add} replica(s): they ask Ray for {spec.gpu * add} GPU and "
+                f"the cluster has {math.floor(free.get('GPU', 0.0))} free."
+            )
+        return None if self.external else self._memory_refusal(spec, add)
+
+    def _memory_refusal(self, spec: RevisionSpec, add: int) -> str | None:
+        available = available_memory()
+        if available is None:
+            return None
+        revision = self._revisions.get(spec.revision_id)
+        measured = [
+            rss
+            for slot in (revision.slots if revision else [])
+            if slot.status.pid is not None and (rss := resident_memory(slot.status.pid)) is not None
+        ]
+        if measured:
+            each, basis = max(measured), "the resident size of a running replica"
+        else:
+            each = int(model_bytes(spec.model_path) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
+            basis = "estimated from the model's files"
+        if each * add <= available:
+            return None
+        return (
+            f"Not scaled up by {add} replica(s): each takes about {each // MIB} MiB ({basis}) "
+            f"and only {available // MIB} MiB of memory is available."
+        )
 
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         revision = self._revisions.get(revision_id)
@@ -294,6 +431,7 @@ class RayRuntime(RuntimeBackend):
         while True:
             try:
                 observation = await self._call(self._observe, list(self._revisions))
+                self._free = observation.free
                 self._apply(observation)
             except Exception:  # a failed poll is retried at the next tick
                 log.exception("observing Ray Serve failed")
@@ -304,8 +442,8 @@ class RayRuntime(RuntimeBackend):
         from ray import serve
 
         names = {app_name(r) for r in revision_ids}
-        apps = {
-            name: (str(status.status), status.message)
+        apps = {  # the status's value: `str()` of Serve's (str, Enum) is "ApplicationStatus.…"
+            name: (str(getattr(status.status, "value", status.status)), status.message)
             for name, status in serve.status().applications.items()
             if name in names
         }
@@ -328,7 +466,8 @@ class RayRuntime(RuntimeBackend):
                 raw = store._internal_kv_get(key, namespace=KV_NAMESPACE)
                 if raw:
                     endpoints[name][serve_id] = orjson.loads(raw)
-        return Observation(apps, alive, endpoints)
+        free = {key: float(value) for key, value in ray.available_resources().items()}
+        return Observation(apps, alive, endpoints, free)
 
     def _apply(self, seen: Observation) -> None:
         for revision_id, revision in list(self._revisions.items()):
@@ -336,7 +475,13 @@ class RayRuntime(RuntimeBackend):
             if name not in seen.alive or revision.deploy_error:
                 continue  # started after this poll began, or never deployed
             before = [slot.status for slot in revision.slots]
-            assign(revision.slots, seen.alive[name], seen.endpoints[name], seen.apps.get(name))
+            assign(
+                revision.slots,
+                seen.alive[name],
+                seen.endpoints[name],
+                seen.apps.get(name),
+                wanted=revision.spec.replicas,
+            )
             if [slot.status for slot in revision.slots] != before:
                 self._notify(revision_id)
 
@@ -354,12 +499,19 @@ def assign(
     alive: set[str],
     endpoints: dict[str, dict[str, Any]],
     app: tuple[str, str] | None,
+    *,
+    wanted: int | None = None,
 ) -> None:
     """Map Serve's replicas onto our stable slots (`<revision>-<i>`), counting replacements as
-    restarts, and set each slot's status. Pure: the decision apart from talking to Ray."""
+    restarts, and set each slot's status. While there are more slots than `wanted` replicas (a
+    scale-down), the slots whose Serve replicas have gone are dropped instead, and those never
+    filled. A replica that marks its endpoint `stopping` (it drains before Serve stops it) is
+    STOPPING. Pure: the decision apart from talking to Ray."""
     for slot in slots:
         if slot.serve_id is not None and slot.serve_id not in alive:
             slot.serve_id = None  # its Serve replica died; Serve starts another
+    if wanted is not None:
+        drop_surplus(slots, wanted)
     taken = {slot.serve_id for slot in slots}
     newcomers = sorted(alive - taken, key=lambda s: (s not in endpoints, s))
     app_status, app_message = app or ("DEPLOYING", "")
@@ -372,11 +524,11 @@ def assign(
         endpoint = endpoints.get(slot.serve_id) if slot.serve_id else None
         if endpoint is not None:
             changes: dict[str, Any] = dict(
-                state=ReplicaState.READY,
+                state=ReplicaState.STOPPING if endpoint.get("stopping") else ReplicaState.READY,
                 host=endpoint["host"],
                 port=int(endpoint["port"]),
                 pid=int(endpoint["pid"]),
-                message="",
+                message="draining: Ray Serve stops it" if endpoint.get("stopping") else "",
             )
         elif app_status == "DEPLOY_FAILED" or (slot.had_replica and slot.serve_id is None):
             changes = dict(
@@ -391,3 +543,12 @@ def assign(
                 state=ReplicaState.STARTING, host=None, port=None, pid=None, message="loading model"
             )
         slot.status = replace(slot.status, **changes)
+
+
+def drop_surplus(slots: list[Slot], wanted: int) -> None:
+    """Down to `wanted` slots, dropping first those whose Serve replica has gone (stopped by
+    the scale-down), then those that never had one (the newest first)."""
+    gone = [slot for slot in slots if slot.serve_id is None and slot.had_replica]
+    empty = [slot for slot in reversed(slots) if slot.serve_id is None and not slot.had_replica]
+    leaving = {id(slot) for slot in (gone + empty)[: max(len(slots) - wanted, 0)]}
+    slots[:] = [slot for slot in slots if id(slot) not in leaving]

@@ -6,6 +6,16 @@ it exactly as to a local replica. It publishes its endpoint in Ray's KV store, u
 `<application>/<Serve replica id>`, where the backend (`greenroom.runtime.ray`) reads it.
 The revision's spec travels as JSON (`spec_to_json`), without its secret, which the replica gets
 as a bind argument of its deployment and which guards its protocol port.
+
+Stopping: Serve's graceful shutdown of a replica ends in its `__del__`. Serve chooses which
+replica a scale-down stops, and greenroom's routers call replicas directly (Serve sees none of
+their requests, so its own drain waits for nothing): the replica drains itself. It marks its
+endpoint `stopping` (the backend reports it STOPPING: every router stops sending it batches and
+moves its queued ones), serves what still arrives for `SCALE_DOWN_DRAIN_S` (routers in other
+processes learn it from the store's reports), then closes its protocol server; its
+`stopping` endpoint stays until the backend sees the actor gone. When the application itself
+is deleted (`DELETING_PREFIX` in the KV store: its revision has drained already) it skips the
+wait and withdraws its endpoint at once.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +33,13 @@ import orjson
 
 from greenroom.runtime.base import RevisionSpec
 from greenroom.runtime.ray_cluster import KV_NAMESPACE, LOOPBACK
+
+# how long a replica Serve stops reports itself stopping before it closes its protocol server:
+# the backend's poll (0.5 s), then routers in other processes read the store's reports (a pass
+# at least every second), as `local.SCALE_DOWN_DRAIN_S` plus the poll
+SCALE_DOWN_DRAIN_S = 2.5
+# `<prefix><application>` in the KV store: the application is being deleted, nothing to drain
+DELETING_PREFIX = "deleting/"
 
 
 def spec_to_json(spec: RevisionSpec) -> bytes:
@@ -80,15 +98,17 @@ class GreenroomReplica:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        server = asyncio.run_coroutine_threadsafe(
+        self._listener = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self.server.handle, bind_host, 0), self._loop
         ).result(30)
-        self._port = server.sockets[0].getsockname()[1]
+        self._port = self._listener.sockets[0].getsockname()[1]
         self._host = report_host
         context = serve.get_replica_context()
+        self._app = context.app_name
         self._key = f"{context.app_name}/{context.replica_id.unique_id}"
-        endpoint = {"host": self._host, "port": self._port, "pid": os.getpid()}
-        kv()._internal_kv_put(self._key, orjson.dumps(endpoint), namespace=KV_NAMESPACE)
+        self._endpoint = {"host": self._host, "port": self._port, "pid": os.getpid()}
+        kv()._internal_kv_put(self._key, orjson.dumps(self._endpoint), namespace=KV_NAMESPACE)
+        self._stopped = False
 
     def endpoint(self) -> tuple[str, int]:
         return self._host, self._port
@@ -98,8 +118,34 @@ class GreenroomReplica:
             raise RuntimeError("the replica protocol server stopped")
 
     def __del__(self) -> None:
+        """Serve's graceful-shutdown hook (and Python's finaliser): drain, then stop serving;
+        once, and only for a replica whose constructor finished."""
+        if getattr(self, "_stopped", True):
+            return
+        self._stopped = True
         with contextlib.suppress(Exception):
-            kv()._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+            if not self.drain(SCALE_DOWN_DRAIN_S):
+                kv()._internal_kv_del(self._key, namespace=KV_NAMESPACE)
+        # a drained replica's `stopping` endpoint stays until its actor is gone (the backend
+        # then deletes it): it is reported STOPPING to the end
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close_listener(), self._loop).result(5)
+
+    def drain(self, drain_s: float) -> bool:
+        """Report this replica stopping and keep serving for `drain_s`, unless its whole
+        application is being deleted (drained already by the rollout or delete); whether it
+        drained."""
+        store = kv()
+        if store._internal_kv_exists(f"{DELETING_PREFIX}{self._app}", namespace=KV_NAMESPACE):
+            return False
+        stopping = orjson.dumps({**self._endpoint, "stopping": True})
+        store._internal_kv_put(self._key, stopping, namespace=KV_NAMESPACE)
+        time.sleep(drain_s)
+        return True
+
+    async def _close_listener(self) -> None:
+        self._listener.close()
+        await self._listener.wait_closed()
 
 
 def serve_grpc_on_loopback() -> None:

@@ -16,8 +16,9 @@ Autoscaling (`greenroom.runtime.autoscale`): each pass, before reconciling, ever
 revision whose config gives `min_replicas`/`max_replicas` gets one load sample (its ongoing
 requests summed over the fresh routers' reports) and the count `decide` returns is written
 through the workloads service (`scale_replicas`); the pass that follows carries it out, in
-place. A scale-up the runtime refuses (`scale_up_refusal`: not enough memory) is logged and
-shown as the revision's phase message instead.
+place (local: replica processes; Ray: the Serve application's `num_replicas`). A scale-up the
+runtime refuses (`scale_up_refusal`: not enough memory, or on Ray not enough free CPUs) is
+logged and shown as the revision's phase message instead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from greenroom.deployments import service as deployments_service
 from greenroom.deployments.states import DeploymentStatus
 from greenroom.runtime.autoscale import AutoscalePolicy, LoadHistory, Sample, decide
 from greenroom.runtime.base import ReplicaStatus, RevisionSpec, RuntimeBackend
+from greenroom.runtime.handover import count_change_only
 from greenroom.serving.reports import fresh_reports
 from greenroom.signals import Signals, Topic
 from greenroom.store.db import Store, utcnow
@@ -48,9 +50,10 @@ from greenroom.workloads.states import RevisionPhase
 
 log = logging.getLogger("greenroom.reconcile")
 # The runtime targets whose backend changes a replica count in place (adds replicas, or drains
-# the surplus). The Ray backend redeploys the application on any change of spec, so a Ray
-# revision with an autoscaling range keeps its count until it scales Serve's in place.
-IN_PLACE_TARGETS = frozenset({"local"})
+# the surplus): the local one, and Ray, which sets the Serve application's `num_replicas` (its
+# router calls replicas directly, so Serve's own autoscaler would see no load). A revision with
+# a range on any other target keeps its count.
+IN_PLACE_TARGETS = frozenset({"local", "ray"})
 
 
 class DesiredRevision(Protocol):
@@ -118,8 +121,12 @@ async def act(runtime: RuntimeBackend, step: Plan) -> None:
     for revision_id in step.stop:
         log.info("stopping the replicas of revision %s", revision_id)
         await _attempt(runtime.stop_revision(revision_id), "stopping", revision_id)
+    running = runtime.running()
     for spec in step.update:
-        log.info("restarting the replicas of revision %s with its new spec", spec.revision_id)
+        if count_change_only(running.get(spec.revision_id), spec):
+            log.info("scaling revision %s to %d replica(s)", spec.revision_id, spec.replicas)
+        else:
+            log.info("updating revision %s to its new spec", spec.revision_id)
         await _attempt(runtime.start_revision(spec), "updating", spec.revision_id)
     for spec in step.start:
         log.info("starting %d replica(s) of revision %s", spec.replicas, spec.revision_id)
