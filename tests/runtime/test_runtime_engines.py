@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from greenroom.errors import BackendError
 from greenroom.registry.weights import content_hash, inspect_model
 from greenroom.runtime.engines import Engine, EngineOptions, load_engine, onnx_engine
+from greenroom.runtime.engines.base import chunk_rows
 from greenroom.runtime.engines.onnx_engine import export_dir
 
 SENTENCES = [
@@ -120,6 +121,39 @@ def test_a_padded_batch_equals_each_sequence_alone(
     for row, (start, end) in enumerate(itertools.pairwise(offsets)):
         alone = engine.embed(lengths[row : row + 1], flat_ids[start:end])
         np.testing.assert_allclose(batched[row], alone[0], atol=1e-5)
+
+
+def test_a_batch_within_the_budget_is_one_chunk_in_its_own_order() -> None:
+    lengths = np.array([9, 3, 7])
+    assert [c.tolist() for c in chunk_rows(lengths, 27)] == [[0, 1, 2]]
+    assert [c.tolist() for c in chunk_rows(lengths, None)] == [[0, 1, 2]]
+    assert [c.tolist() for c in chunk_rows(np.array([500]), 16)] == [[0]]
+
+
+def test_chunks_follow_length_order_within_the_padded_budget() -> None:
+    lengths = np.array([30, 4, 4, 12, 5, 40, 6])
+    chunks = chunk_rows(lengths, 24)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(len(lengths)))  # each row once
+    ordered = [lengths[c].tolist() for c in chunks]
+    assert ordered == [[4, 4, 5, 6], [12], [30], [40]]  # 40 and 30 are over the budget: alone
+    for chunk in chunks:
+        assert len(chunk) == 1 or len(chunk) * lengths[chunk].max() <= 24
+
+
+@pytest.mark.parametrize("engine_name", ["onnx", "torch"])
+def test_a_batch_in_several_chunks_keeps_each_vector_in_its_row(
+    request: pytest.FixtureRequest, engine_name: str, tiny_batch: tuple[np.ndarray, np.ndarray]
+) -> None:
+    engine: Engine = request.getfixturevalue(f"tiny_{engine_name}")
+    lengths, flat_ids = tiny_batch
+    whole = engine.embed(lengths, flat_ids)
+    budget, engine.chunk_tokens = engine.chunk_tokens, int(lengths.max())  # one row a chunk
+    try:
+        assert len(chunk_rows(lengths, engine.chunk_tokens)) > 1
+        chunked = engine.embed(lengths, flat_ids)
+    finally:
+        engine.chunk_tokens = budget
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
 
 
 def test_int8_on_the_tiny_model_is_finite_and_normalised(

@@ -15,6 +15,8 @@ class TorchEngine(Engine):
         torch.set_num_threads(options.threads)
         use_cuda = options.gpu > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        if use_cuda:
+            self.chunk_tokens = None
         self.model = SentenceTransformer(str(options.model_path), device=str(self.device))
         self.model.eval()
 
