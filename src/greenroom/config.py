@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     replica_stop_grace_s: float = 10.0
     # How long queued requests wait for a replica of a live revision to come back before a 503.
     replica_wait_s: float = 10.0
+    # Batches each router keeps out at one replica (one connection each): with 2, the replica's
+    # engine finds the next batch waiting when it finishes one, instead of idling while the
+    # answer travels back and the router forms the next.
+    replica_pipeline_depth: int = Field(default=2, ge=1, le=8)
     # A live revision whose replicas are all down this long turns its deployment version LOST.
     lost_after_s: float = 10.0
 

@@ -798,19 +798,22 @@ class Router:
         if stale:
             asyncio.get_running_loop().create_task(self._stop_workers(route, stale))
         for replica in ready.values():
-            key = self._worker_key(replica)
-            if key not in route.workers and replica.endpoint not in route.broken:
-                route.workers[key] = asyncio.get_running_loop().create_task(
-                    self._work(route, key, replica), name=f"router worker {key}"
-                )
+            if replica.endpoint in route.broken:
+                continue
+            for key in self._worker_keys_of(replica):
+                if key not in route.workers:
+                    route.workers[key] = asyncio.get_running_loop().create_task(
+                        self._work(route, key, replica), name=f"router worker {key}"
+                    )
         self._guard_starvation(route)
 
-    @staticmethod
-    def _worker_key(replica: ReplicaStatus) -> str:
-        return f"{replica.replica_id}@{replica.port}"
+    def _worker_keys_of(self, replica: ReplicaStatus) -> list[str]:
+        """One worker (one connection, one batch out at a time) per pipeline slot."""
+        depth = self.settings.replica_pipeline_depth
+        return [f"{replica.replica_id}@{replica.port}/{slot}" for slot in range(depth)]
 
     def _worker_keys(self, ready: dict[str, ReplicaStatus]) -> set[str]:
-        return {self._worker_key(r) for r in ready.values()}
+        return {key for r in ready.values() for key in self._worker_keys_of(r)}
 
     async def _stop_workers(self, route: RevisionRoute, keys: list[str]) -> None:
         tasks = [route.workers.pop(key) for key in keys if key in route.workers]
