@@ -129,6 +129,23 @@ async def harness(model_dir: Path, **settings: object) -> AsyncIterator[Harness]
 
 
 @async_test
+async def test_revisions_of_one_tokenizer_share_it(
+    tiny_model_dir: Path, tiny_model_2_dir: Path
+) -> None:
+    async with harness(tiny_model_dir) as h:
+        await h.serve("blue")
+        await h.prepare("green")
+        await h.prepare("other", name="n", model_dir=tiny_model_2_dir)
+        routes = h.router._routes
+        assert routes["green"].tokenizer is routes["blue"].tokenizer
+        h.router.set_live("m", "green")
+        await h.router.drop_revision("blue")  # the one that loaded it goes; green keeps it
+        assert (await h.router.embed("m", ["hello world"])).vectors.shape[0] == 1
+        same_file = routes["other"].tokenizer_key == routes["green"].tokenizer_key
+        assert (routes["other"].tokenizer is routes["green"].tokenizer) == same_file
+
+
+@async_test
 async def test_strings_are_tokenised_once_and_embedded(tiny_model_dir: Path) -> None:
     async with harness(tiny_model_dir) as h:
         revision = await h.serve("r1")
@@ -173,7 +190,7 @@ async def test_an_unknown_name_is_model_not_found(tiny_model_dir: Path) -> None:
 async def test_requests_queue_while_the_replica_is_busy_and_go_in_one_batch(
     tiny_model_dir: Path,
 ) -> None:
-    async with harness(tiny_model_dir) as h:
+    async with harness(tiny_model_dir, replica_pipeline_depth=1) as h:
         await h.serve("r1")
         engine = h.engines["r1"][0]
         h.gate.clear()
@@ -184,6 +201,26 @@ async def test_requests_queue_while_the_replica_is_busy_and_go_in_one_batch(
         h.gate.set()
         await asyncio.gather(first, *rest)
         assert engine.batches == [1, 10]
+
+
+@async_test
+async def test_a_second_batch_waits_at_the_replica_while_the_first_computes(
+    tiny_model_dir: Path,
+) -> None:
+    async with harness(tiny_model_dir, replica_pipeline_depth=2) as h:
+        await h.serve("r1")
+        engine = h.engines["r1"][0]
+        route = h.router.live("m")
+        h.gate.clear()
+        first = asyncio.create_task(h.router.embed("m", ["first"]))
+        await asyncio.to_thread(engine.entered.wait, 10)
+        second = asyncio.create_task(h.router.embed("m", ["second"]))
+        await wait_for(lambda: route.batches_in_flight == 2)  # out at once, not queued
+        rest = [asyncio.create_task(h.router.embed("m", [f"text {i}"])) for i in range(5)]
+        await wait_for(lambda: len(route.queue) == 5)  # both slots taken: these wait here
+        h.gate.set()
+        await asyncio.gather(first, second, *rest)
+        assert engine.batches == [1, 1, 5]
 
 
 @async_test
@@ -253,7 +290,7 @@ async def test_a_restarted_replica_picks_up_waiting_requests(tiny_model_dir: Pat
 @async_test
 async def test_a_full_queue_refuses_with_overloaded(tiny_model_dir: Path) -> None:
     # one principal may hold the whole queue here: the model's own bound is what is tested
-    async with harness(tiny_model_dir, principal_queue_share=1.0) as h:
+    async with harness(tiny_model_dir, principal_queue_share=1.0, replica_pipeline_depth=1) as h:
         await h.serve("r1", max_queue=2)
         h.gate.clear()
         busy = asyncio.create_task(h.router.embed("m", ["in flight"]))
@@ -283,7 +320,7 @@ async def test_dimensions_need_a_model_that_allows_them(tiny_model_dir: Path) ->
 
 @async_test
 async def test_a_client_that_leaves_frees_its_queued_items(tiny_model_dir: Path) -> None:
-    async with harness(tiny_model_dir) as h:
+    async with harness(tiny_model_dir, replica_pipeline_depth=1) as h:
         await h.serve("r1")
         engine = h.engines["r1"][0]
         h.gate.clear()

@@ -197,18 +197,34 @@ class Router:
         """Prepare a revision (tokenizer, queue, workers for its ready replicas); idempotent."""
         if revision.revision_id in self._routes:
             return
-        tokenizer = load_tokenizer(revision.info.tokenizer_file, revision.info.max_seq_length)
+        key = hashlib.sha256(revision.info.tokenizer_file.read_bytes()).hexdigest()
+        # Revisions with the same tokenizer and length share one (blue and green of a config
+        # change, copies of a model): about 6 MB each for all-MiniLM-L6-v2. It is only read.
+        shared = next(
+            (
+                route
+                for route in self._routes.values()
+                if route.tokenizer_key == key
+                and route.revision.info.max_seq_length == revision.info.max_seq_length
+            ),
+            None,
+        )
+        if shared is not None:
+            tokenizer, cut = shared.tokenizer, shared.cut
+        else:
+            tokenizer = load_tokenizer(revision.info.tokenizer_file, revision.info.max_seq_length)
+            cut = cut_rule(tokenizer)
         self._routes[revision.revision_id] = RevisionRoute(
             revision=revision,
             tokenizer=tokenizer,
-            tokenizer_key=hashlib.sha256(revision.info.tokenizer_file.read_bytes()).hexdigest(),
+            tokenizer_key=key,
             queue=BatchQueue(
                 max_batch_size=revision.max_batch_size,
                 max_batch_tokens=revision.max_batch_tokens,
                 max_queue=revision.max_queue,
                 principal_share=self.settings.principal_queue_share,
             ),
-            cut=cut_rule(tokenizer),
+            cut=cut,
             cache=EmbeddingCache.of_mib(revision.cache_mib),
         )
         self._sync_workers(revision.revision_id)
