@@ -153,7 +153,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
-        **UVICORN_LIMITS,  # h11 with a bounded request head
+        **UVICORN_LIMITS,  # httptools with a bounded request head
     )
 
 

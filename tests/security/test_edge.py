@@ -7,6 +7,7 @@ refused, or answered, before one would be asked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -18,6 +19,8 @@ import httpx
 import pytest
 from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
+
+from greenroom.edge import MAX_HEADER_BYTES
 
 MiB = 1024 * 1024
 CHUNK = b" " * (64 * 1024)
@@ -170,6 +173,37 @@ def test_a_huge_header_is_refused(server: tuple[str, int]) -> None:
     head = f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {'a' * (1 * MiB)}\r\n\r\n"
     assert raw_request(url, head).split()[1] in ("400", "431")
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200  # and it still serves
+
+
+def test_a_head_within_the_bound_is_served_and_one_over_it_refused(
+    server: tuple[str, int],
+) -> None:
+    url, _ = server
+    line = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: "
+    fits = MAX_HEADER_BYTES - len(line) - 64
+    assert raw_request(url, f"{line}{'a' * fits}\r\n\r\n").split()[1] == "200"
+    over = f"{line}{'a' * (MAX_HEADER_BYTES + 1)}\r\n\r\n"
+    assert raw_request(url, over).split()[1] == "400"
+
+
+def test_a_header_that_never_ends_is_refused_without_buffering_it(
+    server: tuple[str, int],
+) -> None:
+    """llhttp keeps a header's pieces until it ends: the edge stops it after the bound."""
+    url, pid = server
+    host, port = url.removeprefix("http://").split(":")
+    before = peak_rss_bytes(pid)
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        with contextlib.suppress(ConnectionError):  # refused mid-way: the server closed it
+            while sent < 64 * MiB:
+                sock.sendall(CHUNK)
+                sent += len(CHUNK)
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 400"), answer[:200]
+    assert sent < 8 * MiB  # refused long before the end of what the client would have sent
+    assert peak_rss_bytes(pid) - before < 8 * MiB
 
 
 @pytest.mark.parametrize(
