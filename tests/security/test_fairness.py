@@ -94,6 +94,7 @@ def app(engine: SteppedEngine, tiny_model_dir: Path, tmp_path: Path) -> FastAPI:
         default_model_source=str(tiny_model_dir),
         admin_token=ADMIN_TOKEN,
         worker_enabled=True,
+        replica_pipeline_depth=1,  # the replica holds one batch at a time: the queue decides
     )
     return create_app(settings, FakeRuntime(lambda spec: engine))
 
