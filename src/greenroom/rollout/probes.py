@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,26 +39,38 @@ class ProbeError(Exception):
     """The probe could not be run (no ready replica, or the replica failed)."""
 
 
+@functools.lru_cache(maxsize=64)
 def tokenize_probes(model_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The probe texts' token ids for a model (lengths, ids back to back), read-only. Kept per
+    model directory, which holds one model's weights for good (named by its content hash): a
+    rollout probes each revision once or twice, and loading a tokenizer takes tens of ms."""
     info = inspect_model(model_path)
     tokenizer = Tokenizer.from_file(str(info.tokenizer_file))
     tokenizer.no_padding()
     tokenizer.enable_truncation(info.max_seq_length)
     encodings = tokenizer.encode_batch(PROBE_TEXTS)
     lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
-    return lengths, np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+    flat_ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+    lengths.flags.writeable = flat_ids.flags.writeable = False
+    return lengths, flat_ids
+
+
+@functools.lru_cache(maxsize=64)
+def model_dimension(model_path: Path) -> int:
+    return inspect_model(model_path).dimension
 
 
 async def embed_probes(
     model_path: Path, replicas: list[dict[str, Any]], *, secret: str
 ) -> ProbeResult:
     """Embed the probe texts on one ready replica of a revision (as reported to the store);
-    `secret` is the revision's `replica_secret`."""
+    `secret` is the revision's `replica_secret`. The files are read off the event loop (in
+    `greenroom serve` it is the API's too)."""
     ready = [r for r in replicas if r.get("state") == "ready" and r.get("port")]
     if not ready:
         raise ProbeError("no ready replica to probe")
-    lengths, flat_ids = tokenize_probes(model_path)
-    dimension = inspect_model(model_path).dimension
+    lengths, flat_ids = await asyncio.to_thread(tokenize_probes, model_path)
+    dimension = await asyncio.to_thread(model_dimension, model_path)
     client = ReplicaClient(ready[0]["host"], int(ready[0]["port"]), secret, max_dimension=dimension)
     try:
         started = time.perf_counter()

@@ -88,6 +88,8 @@ class StepContext:
     kind: str = TaskKind.DEPLOY  # the task's kind: a migration's abort reuses the deploy's steps
     step: str | None = None  # the step running now (its progress goes to its record)
     green_probe: np.ndarray | None = None  # the smoke test's vectors, reused by the gate
+    # blue's probe vectors, embedded while green starts (the gate's other half)
+    blue_probe: asyncio.Task[np.ndarray] | None = None
 
     async def db(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(session, *args)` in one transaction, off the event loop; a record that
@@ -341,6 +343,7 @@ async def start_green(ctx: StepContext) -> StepOutcome:
         lambda s: workloads_service.want_replicas(s, revision_id=revision_id, priority=priority)
     )
     ctx.signals.notify(Topic.DESIRED)
+    probe_blue_meanwhile(ctx)
     timeout = ctx.settings.rollout_ready_timeout_s
     if await ctx.wait_until(Topic.REPORTED, lambda s: _ready(s, revision_id), timeout) is None:
         raise StepFailed(
@@ -348,6 +351,33 @@ async def start_green(ctx: StepContext) -> StepOutcome:
             "see the replica logs in the data dir."
         )
     return done(f"{wanted} replica(s) ready")
+
+
+def probe_blue_meanwhile(ctx: StepContext) -> None:
+    """Embed the probe texts on blue while green loads, so that the gate waits only for green
+    (blue serves all along; its vectors are the same at either moment)."""
+    blue_id = ctx.metadata.previous_revision_id
+    if not blue_id or ctx.kind == TaskKind.ABORT or ctx.blue_probe is not None:
+        return
+    ctx.blue_probe = asyncio.get_running_loop().create_task(_probe(ctx, blue_id))
+    ctx.blue_probe.add_done_callback(_retrieve)  # a failure is the gate's to report, or none's
+
+
+def _retrieve(task: asyncio.Task[np.ndarray]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _blue_vectors(ctx: StepContext, blue_id: str) -> np.ndarray:
+    """Blue's probe vectors: those embedded while green started, else (a take-over, or that
+    probe failed) embedded now."""
+    early, ctx.blue_probe = ctx.blue_probe, None
+    if early is not None:
+        try:
+            return await early
+        except ProbeError:
+            pass  # blue may have been busy restarting then: ask it again
+    return await _probe(ctx, blue_id)
 
 
 def _ready(session: Session, revision_id: str) -> bool | None:
@@ -420,7 +450,7 @@ async def compatibility_gate(ctx: StepContext) -> StepOutcome:
         green_vectors = ctx.green_probe
         if green_vectors is None:  # resumed after a take-over: probe green again
             green_vectors = await _probe(ctx, green_of(ctx))
-        blue_vectors = await _probe(ctx, blue_id)
+        blue_vectors = await _blue_vectors(ctx, blue_id)
     except ProbeError as exc:
         if staged:
             return skipped(f"not measured: cannot compare with the live revision: {exc}")
