@@ -28,8 +28,8 @@ import asyncio
 import math
 import multiprocessing
 import os
+import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +51,6 @@ from serving import (
     HOST,
     MAX_CALLS,
     MODEL_NAME,
-    REPLICA_STOP_GRACE_S,
     REQUEST_TIMEOUT_S,
     BenchError,
     LoadSpec,
@@ -62,15 +61,12 @@ from serving import (
     log_problems,
     make_sentences,
     one_request,
+    own_replica,
     print_problems,
     progress,
-    read_ready_port,
-    replica_command,
     request_bodies,
     resolve_model,
     running_server,
-    server_env,
-    stop_process_group,
     verdict,
 )
 
@@ -159,7 +155,7 @@ async def _load_until_stopped(spec: LoadSpec) -> LoadRecord:
                 if stopping.is_set():
                     return
                 body = bodies[(offset + n * spec.concurrency) % len(bodies)]
-                (ended, latency, ok), outcome = await one_request(client, spec, body)
+                (ended, latency, ok), outcome, _ = await one_request(client, spec, body)
                 start = ended - latency + wall_offset
                 record.starts.append(start)
                 record.latencies.append(latency)
@@ -291,25 +287,11 @@ class BareStart:
 
 
 def bare_start(model: ModelRef, cache_dir: Path, log_path: Path) -> BareStart:
-    """One replica from nothing to ready (its ready line), then stopped."""
-    command = replica_command(model, cache_dir)
+    """One replica from nothing to ready (its ready line), started as the supervisor starts
+    one, then stopped."""
     spawned_at, started = time.time(), time.perf_counter()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            env=server_env("local"),
-            start_new_session=True,
-        )
-    try:
-        read_ready_port(process, log_path)
+    with own_replica(model, cache_dir, log_path, secrets.token_urlsafe(16)):
         ready_s = time.perf_counter() - started
-    finally:
-        stop_process_group(process, REPLICA_STOP_GRACE_S)
-        if process.stdout is not None:
-            process.stdout.close()
     progress(f"bare replica: ready {ready_s:.2f} s after spawn")
     return BareStart(spawned_at, ready_s, time.time())
 
