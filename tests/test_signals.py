@@ -48,3 +48,20 @@ async def test_wait_any_wakes_on_either_topic_and_times_out_within_a_second() ->
     signals.wake(Topic.REPORTED)
     assert await waiter is True
     assert await signals.wait_any((Topic.LIVE,), timeout=0.01) is False
+
+
+@async_test
+async def test_a_listener_keeps_a_notification_that_came_before_its_wait() -> None:
+    """A loop reads the store, then waits: a change committed while it read must not wait for
+    the next second (`wait` alone, registered only once the read is over, loses it)."""
+    signals = Signals()
+    loop = asyncio.get_running_loop()
+    with signals.listen(Topic.DESIRED) as listener:
+        await asyncio.to_thread(signals.notify, Topic.DESIRED)  # from a writer's thread
+        started = loop.time()
+        assert await listener.wait(timeout=5) is True
+        assert loop.time() - started < 0.5
+        assert await listener.wait(timeout=0.05) is False  # each notification ends one wait
+    lost = Signals()
+    await asyncio.to_thread(lost.notify, Topic.DESIRED)
+    assert await lost.wait(Topic.DESIRED, timeout=0.05) is False  # what the listener prevents

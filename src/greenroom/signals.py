@@ -3,6 +3,9 @@
 Writers call `notify(topic)` after committing (from any thread); waiters call
 `await wait(topic, timeout)` and re-read the store when it returns. Waiters never sleep longer
 than a second between reads, so a change whose signal was lost is still seen within a second.
+A loop that reads the store and then waits holds a `listen(topic)` across both: a notification
+that comes while it reads is kept and ends its next wait at once (with `wait` alone, it would
+come before the wait began and be lost, costing up to that second).
 
 On PostgreSQL, `greenroom.notify.PostgresBridge` carries signals between processes: it forwards
 every `notify` as `NOTIFY greenroom, '<topic>'` and turns the notifications of other processes
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 MAX_WAIT_S = 1.0
@@ -69,18 +73,39 @@ class Signals:
 
     async def wait_any(self, topics: Iterable[Topic], timeout: float = MAX_WAIT_S) -> bool:
         """Wait for a notification on any of the topics (True) or the timeout, at most a second."""
-        event = asyncio.Event()
-        waiter = (asyncio.get_running_loop(), event)
-        topics = tuple(topics)
+        with self.listen(*topics) as listener:
+            return await listener.wait(timeout)
+
+    @contextmanager
+    def listen(self, *topics: Topic) -> Iterator[Listener]:
+        """A listener on the topics for the block: every notification from now on is kept for
+        its next `wait`."""
+        listener = Listener(asyncio.Event())
+        waiter = (asyncio.get_running_loop(), listener.event)
         with self._lock:
             for topic in topics:
                 self._waiters[topic].add(waiter)
         try:
-            await asyncio.wait_for(event.wait(), min(timeout, MAX_WAIT_S))
-            return True
-        except TimeoutError:
-            return False
+            yield listener
         finally:
             with self._lock:
                 for topic in topics:
                     self._waiters[topic].discard(waiter)
+
+
+class Listener:
+    """Notifications kept between waits (`Signals.listen`)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    async def wait(self, timeout: float = MAX_WAIT_S) -> bool:
+        """Until a notification since the last wait (True, at once if one came meanwhile) or
+        the timeout, at most a second (False)."""
+        try:
+            await asyncio.wait_for(self.event.wait(), min(timeout, MAX_WAIT_S))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.event.clear()

@@ -148,9 +148,12 @@ async def setup(store: Store, model_dir: Path, *, supervisor_here: bool) -> Asyn
 
     runtime = FakeRuntime(factory)
     reported = None if supervisor_here else StoreReplicas()
-    # a long replica wait: a request that waited it out would fail, which the test would show
+    # a long replica wait: a request that waited it out would fail, which the test would show;
+    # one batch out at a time, so that the requests waiting for blue are all in the queue
     router = Router(
-        runtime if reported is None else reported, Metrics(), Settings(replica_wait_s=60)
+        runtime if reported is None else reported,
+        Metrics(),
+        Settings(replica_wait_s=60, replica_pipeline_depth=1),
     )
     sync = RouterSync(store, router, Signals(), replicas=reported)
     with store.session_scope() as session:

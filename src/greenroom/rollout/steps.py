@@ -128,14 +128,15 @@ class StepContext:
     ) -> T | None:
         """Re-check after each signal (at most a second apart) until `check` gives a value."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = await self.db(check)
-            if result is not None:
-                return result
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return None
-            await self.signals.wait(topic, remaining)
+        with self.signals.listen(topic) as listener:  # a signal during the check is kept
+            while True:
+                result = await self.db(check)
+                if result is not None:
+                    return result
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return None
+                await listener.wait(remaining)
 
 
 # ----- deploy ------------------------------------------------------------------------------

@@ -173,16 +173,17 @@ class Reconciler:
         self._loop = asyncio.get_running_loop()
         reporter = asyncio.create_task(self._report_loop())
         try:
-            while True:
-                try:
-                    await self.autoscale_once()
-                except Exception:
-                    log.exception("autoscaling pass failed")
-                try:
-                    await self.reconcile_once()
-                except Exception:  # the loop must survive a bad pass; the next one retries
-                    log.exception("reconcile pass failed")
-                await self.signals.wait(Topic.DESIRED)
+            with self.signals.listen(Topic.DESIRED) as desired:
+                while True:
+                    try:
+                        await self.autoscale_once()
+                    except Exception:
+                        log.exception("autoscaling pass failed")
+                    try:
+                        await self.reconcile_once()
+                    except Exception:  # the loop must survive a bad pass; the next one retries
+                        log.exception("reconcile pass failed")
+                    await desired.wait()  # at once if the desired state changed meanwhile
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):

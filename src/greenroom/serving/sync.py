@@ -114,15 +114,16 @@ class RouterSync:
         router.on_missed_switch(self.refresh)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-                await self.report()
-                await self.write_shadow_summaries()
-                await self.write_traffic()
-            except Exception:  # keep following the store; the next pass retries
-                log.exception("router sync failed")
-            await self.signals.wait_any(self._topics)
+        with self.signals.listen(*self._topics) as changes:  # a change during a pass is kept
+            while True:
+                try:
+                    await self.sync_once()
+                    await self.report()
+                    await self.write_shadow_summaries()
+                    await self.write_traffic()
+                except Exception:  # keep following the store; the next pass retries
+                    log.exception("router sync failed")
+                await changes.wait()
 
     async def sync_once(self) -> None:
         """One pass: follow the store's live pointers (never two passes at once)."""

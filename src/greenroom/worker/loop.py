@@ -23,6 +23,7 @@ A standalone worker process is `asyncio.run(worker.run())`, with `stop()` wired 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from greenroom.metrics import Metrics
-from greenroom.signals import MAX_WAIT_S, Signals, Topic
+from greenroom.signals import MAX_WAIT_S, Listener, Signals, Topic
 from greenroom.store.db import Store
 from greenroom.tasks import leases
 from greenroom.tasks import service as tasks_service
@@ -102,11 +103,16 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         log.info("worker %s started (concurrency %d)", self.worker_id, self.concurrency)
         try:
-            while not self._stopping:
-                self._wakeup.clear()  # before claiming, so a wake-up during the claim is kept
-                if len(self._running) < self.concurrency and await self._claim_one():
-                    continue
-                await self._idle()
+            with contextlib.ExitStack() as stack:
+                # held across each claim, so that a new task's signal during one is kept
+                tasks = (
+                    stack.enter_context(self.signals.listen(Topic.TASKS)) if self.signals else None
+                )
+                while not self._stopping:
+                    self._wakeup.clear()  # before claiming, so a wake-up during it is kept
+                    if len(self._running) < self.concurrency and await self._claim_one():
+                        continue
+                    await self._idle(tasks)
             # stop() cancels what is left after its grace period
             while self._running:
                 await asyncio.wait([r.supervisor for r in self._running.values() if r.supervisor])
@@ -171,11 +177,11 @@ class Worker:
         self._start(task.id, task.kind, claimed_at + self.lease_s)
         return True
 
-    async def _idle(self) -> None:
+    async def _idle(self, tasks: Listener | None) -> None:
         """Wait for a reason to claim again: `wake()`, a freed slot, a TASKS signal, or a second."""
         waits: list[asyncio.Future[bool]] = [asyncio.ensure_future(self._wakeup.wait())]
-        if self.signals is not None:
-            waits.append(asyncio.ensure_future(self.signals.wait(Topic.TASKS)))
+        if tasks is not None:
+            waits.append(asyncio.ensure_future(tasks.wait()))
         try:
             await asyncio.wait(waits, timeout=MAX_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
