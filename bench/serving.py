@@ -1281,10 +1281,10 @@ def print_scenarios(report: Report) -> None:
             f"{r.server_cpu_cores:.2f}/{r.replica_cpu_cores:.2f}/{r.client_cpu_cores:.2f}"
         )
     print(
-        "  batch = mean inputs per batch sent to the replica; busy = share of the time a batch"
-        " was out at the\n  replica (both from server metrics); cores = average CPU cores used by"
-        " the server process, its\n  replica and the load generator (busy and cores include the"
-        " warm-up)"
+        "  batch = mean inputs per batch sent to the replica; busy = batches out at the replica"
+        " on average\n  (up to the pipeline depth, 2; both from server metrics); cores = average"
+        " CPU cores used by the\n  server process, its replica and the load generator (busy and"
+        " cores include the warm-up)"
     )
     for name, r in report.scenarios.items():
         if r.failed or r.server_non_200:
