@@ -87,16 +87,10 @@ from serving import (
 )
 
 from greenroom.registry.weights import resolve_source
-from greenroom.runtime.local import (
-    MODEL_MEMORY_FACTOR,
-    REPLICA_BASE_BYTES,
-    available_memory,
-    model_bytes,
-)
+from greenroom.runtime.local import MIB, available_memory, estimated_replica_bytes
 
 NAME_PREFIX = "many-minilm"
 MB = 1e6  # figures in MB (10^6 bytes), as the issue asks
-MIB = 2**20
 SERVER_MARGIN_BYTES = 1024 * MIB  # the API process, a registration's child, the load generator
 REGISTER_TIMEOUT_S = 330.0  # the server's own bound is 300 s (GREENROOM_REGISTRATION_TIMEOUT_S)
 DEPLOY_TIMEOUT_S = 600.0  # all of them together
@@ -193,7 +187,7 @@ def snapshot(server: Server, label: str) -> MemorySnapshot:
 
 def replica_estimate() -> int:
     """What the local runtime assumes one replica of a model not yet running takes."""
-    return int(model_bytes(resolve_source(MODEL_SOURCE)) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
+    return estimated_replica_bytes(resolve_source(MODEL_SOURCE))
 
 
 def check_memory_fits(models: int) -> str:

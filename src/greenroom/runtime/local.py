@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,6 +79,33 @@ def model_bytes(model_path: Path) -> int:
     if model_path.is_file():
         return model_path.stat().st_size
     return sum(p.stat().st_size for p in model_path.rglob("*") if p.is_file())
+
+
+def estimated_replica_bytes(model_path: Path) -> int:
+    """The memory of a replica of this model that does not run yet."""
+    return int(model_bytes(model_path) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
+
+
+def memory_refusal(spec: RevisionSpec, add: int, pids: Iterable[int | None]) -> str | None:
+    """Why `add` more replicas of the revision do not fit this machine's free memory, or None:
+    each takes the largest resident size of its running replicas (`pids`), or the estimate
+    from the model's files when none runs."""
+    available = available_memory()
+    if available is None:
+        return None
+    measured = [
+        rss for pid in pids if pid is not None and (rss := resident_memory(pid)) is not None
+    ]
+    if measured:
+        each, basis = max(measured), "the resident size of a running replica"
+    else:
+        each, basis = estimated_replica_bytes(spec.model_path), "estimated from the model's files"
+    if each * add <= available:
+        return None
+    return (
+        f"Not scaled up by {add} replica(s): each takes about {each // MIB} MiB ({basis}) "
+        f"and only {available // MIB} MiB of memory is available."
+    )
 
 
 async def hand_over_secret(process: asyncio.subprocess.Process, secret: str) -> None:
@@ -328,25 +356,8 @@ class LocalRuntime(RuntimeBackend):
         self._notify(spec.revision_id)
 
     def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
-        available = available_memory()
-        if available is None:
-            return None
-        measured = [
-            rss
-            for slot in self._slots.get(spec.revision_id, [])
-            if slot.status.pid is not None and (rss := resident_memory(slot.status.pid)) is not None
-        ]
-        if measured:
-            each, basis = max(measured), "the resident size of a running replica"
-        else:
-            each = int(model_bytes(spec.model_path) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
-            basis = "estimated from the model's files"
-        if each * add <= available:
-            return None
-        return (
-            f"Not scaled up by {add} replica(s): each takes about {each // MIB} MiB ({basis}) "
-            f"and only {available // MIB} MiB of memory is available."
-        )
+        pids = [slot.status.pid for slot in self._slots.get(spec.revision_id, [])]
+        return memory_refusal(spec, add, pids)
 
     async def stop_revision(self, revision_id: str) -> None:
         await self._handovers.cancel(revision_id)

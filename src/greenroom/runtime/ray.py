@@ -52,14 +52,7 @@ from greenroom.config import Settings, default_threads
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
 from greenroom.runtime.environment import replica_environment
 from greenroom.runtime.handover import count_change_only
-from greenroom.runtime.local import (
-    MIB,
-    MODEL_MEMORY_FACTOR,
-    REPLICA_BASE_BYTES,
-    available_memory,
-    model_bytes,
-    resident_memory,
-)
+from greenroom.runtime.local import memory_refusal
 from greenroom.runtime.ray_cluster import (
     KV_NAMESPACE,
     LOOPBACK,
@@ -373,29 +366,10 @@ class RayRuntime(RuntimeBackend):
                 f"Not scaled up by {add} replica(s): they ask Ray for {spec.gpu * add} GPU and "
                 f"the cluster has {math.floor(free.get('GPU', 0.0))} free."
             )
-        return None if self.external else self._memory_refusal(spec, add)
-
-    def _memory_refusal(self, spec: RevisionSpec, add: int) -> str | None:
-        available = available_memory()
-        if available is None:
+        if self.external:  # the replicas run on other machines: their memory is Ray's to place
             return None
         revision = self._revisions.get(spec.revision_id)
-        measured = [
-            rss
-            for slot in (revision.slots if revision else [])
-            if slot.status.pid is not None and (rss := resident_memory(slot.status.pid)) is not None
-        ]
-        if measured:
-            each, basis = max(measured), "the resident size of a running replica"
-        else:
-            each = int(model_bytes(spec.model_path) * MODEL_MEMORY_FACTOR) + REPLICA_BASE_BYTES
-            basis = "estimated from the model's files"
-        if each * add <= available:
-            return None
-        return (
-            f"Not scaled up by {add} replica(s): each takes about {each // MIB} MiB ({basis}) "
-            f"and only {available // MIB} MiB of memory is available."
-        )
+        return memory_refusal(spec, add, [s.status.pid for s in revision.slots] if revision else [])
 
     def replicas(self, revision_id: str) -> list[ReplicaStatus]:
         revision = self._revisions.get(revision_id)
