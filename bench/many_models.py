@@ -44,12 +44,10 @@ import math
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,17 +61,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout import FINAL_STATUSES, TASKS, api_request, prepare_data_dir
 from serving import (
     AUTH_HEADERS,
-    HOST,
     MAX_CALLS,
     MODEL_SOURCE,
     REQUEST_TIMEOUT_S,
-    SERVER_STOP_GRACE_S,
     WARMUP_S,
     BenchError,
     LoadSpec,
     Server,
-    free_port,
-    greenroom_command,
     ignore_sigint,
     log_offsets,
     log_problems,
@@ -81,9 +75,7 @@ from serving import (
     one_request,
     progress,
     request_bodies,
-    server_env,
-    stop_process_group,
-    wait_ready,
+    running_server,
 )
 
 from greenroom.registry.weights import resolve_source
@@ -208,37 +200,13 @@ def check_memory_fits(models: int) -> str:
 
 
 # ----- the server -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def many_model_server(data_dir: Path, parallel: int) -> Iterator[Server]:
-    """`greenroom serve` (local runtime, no default model) on a free loopback port, ready; stopped
-    with its whole process group on the way out, always."""
-    port = free_port()
-    log_path = data_dir / "logs" / "bench-server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [*greenroom_command(), "serve", "--host", HOST, "--port", str(port)]
-    command += ["--data-dir", str(data_dir)]
-    env = {
-        **server_env("local"),
+def many_model_server(data_dir: Path, parallel: int) -> contextlib.AbstractContextManager[Server]:
+    """`greenroom serve` (local runtime, no default model), ready; stopped on the way out."""
+    extra_env = {
         "GREENROOM_DEFAULT_MODEL_ID": "",
         "GREENROOM_WORKER_CONCURRENCY": str(max(WORKER_CONCURRENCY, parallel)),
     }
-    progress(f"starting: {' '.join(command)} (local runtime, no default model)")
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop the server ourselves
-        )
-    server = Server(process, f"http://{HOST}:{port}", log_path, data_dir)
-    try:
-        wait_ready(server)
-        yield server
-    finally:
-        progress("stopping the server and its replicas")
-        stop_process_group(process, SERVER_STOP_GRACE_S)
+    return running_server(data_dir, "local", extra_env)
 
 
 # ----- registering and deploying --------------------------------------------------------------

@@ -435,8 +435,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, runtime: str) -> Iterator[Server]:
-    """`greenroom serve` on a free loopback port, ready; stopped on the way out, always."""
+def running_server(
+    data_dir: Path, runtime: str, extra_env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`greenroom serve` on a free loopback port, ready (with `extra_env` over the bench's
+    server environment); stopped with its whole process group on the way out, always."""
     port = free_port()
     log_path = data_dir / "logs" / "bench-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -449,7 +452,7 @@ def running_server(data_dir: Path, runtime: str) -> Iterator[Server]:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=server_env(runtime),
+            env={**server_env(runtime), **(extra_env or {})},
             start_new_session=True,  # Ctrl-C reaches us only; we stop the server ourselves
         )
     server = Server(process, f"http://{HOST}:{port}", log_path, data_dir)
