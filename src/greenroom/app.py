@@ -103,7 +103,7 @@ def publish(app: FastAPI, parts: Parts) -> None:
         parts.metrics,
     )
     state.runtime, state.runtimes = serving.runtime, serving.runtimes
-    state.router, state.startup = serving.router, serving.startup
+    state.router, state.startup, state.sync = serving.router, serving.startup, serving.sync
     state.authenticator = serving.authenticator
     state.supervisors = serving.supervisors
 

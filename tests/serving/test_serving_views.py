@@ -24,6 +24,7 @@ from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 from greenroom.app import create_app
 from greenroom.config import Settings
 from greenroom.runtime.fake import FakeRuntime
+from greenroom.serving.sync import RouterSync
 
 MODEL = "tiny"
 
@@ -236,6 +237,31 @@ def test_readyz_waits_for_the_default_model(fake_app: FastAPI, fake_runtime: Fak
             runtime.ready_gate.set()
 
         runtime.run_threadsafe(open_gate())
+        wait_until_sync(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+
+
+def test_readyz_waits_for_the_first_read_of_what_is_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart with no default model: until the router has read the live names from the
+    store it knows of none, and "ready" would promise what it cannot serve yet."""
+    release = threading.Event()
+    read_store = RouterSync._read_store
+
+    def held_read(self: RouterSync, known: set[str]) -> Any:
+        assert release.wait(60), "the test never released the store read"
+        return read_store(self, known)
+
+    monkeypatch.setattr(RouterSync, "_read_store", held_read)
+    settings = Settings(data_dir=tmp_path, default_model_id="", admin_token=ADMIN_TOKEN)
+    app = create_app(settings, FakeRuntime(lambda spec: HashEngine()))
+    with running_server(app, wait_ready=False) as url:
+        try:
+            response = httpx.get(f"{url}/readyz")
+            assert response.status_code == 503
+            assert response.json()["reason"] == "Reading what is live from the store."
+        finally:
+            release.set()
         wait_until_sync(lambda: httpx.get(f"{url}/readyz").status_code == 200)
 
 

@@ -35,6 +35,11 @@ async def readyz(request: Request) -> JSONResponse:
             log.warning("not ready: %s", reason)
         public = public_reason(state.startup)
         return JSONResponse({"status": "not ready", "reason": public}, status_code=503)
+    if not state.sync.followed_once:  # until then the router knows of no live name
+        return JSONResponse(
+            {"status": "not ready", "reason": "Reading what is live from the store."},
+            status_code=503,
+        )
     router = state.router
     for name, route in router.live_routes().items():
         if not router.ready_replicas(route.revision_id):

@@ -108,6 +108,7 @@ class RouterSync:
         self._traffic_written_at = float("-inf")  # monotonic time of the last traffic write
         self._pass_lock = asyncio.Lock()
         self._passes_started = 0
+        self.followed_once = False  # `/readyz` waits for the first pass: what is live, known
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
         # (a wake-up of this process's pass only; the report itself notifies ROUTERS)
         router.on_drained(lambda _revision_id: signals.wake(Topic.LIVE))
@@ -167,6 +168,7 @@ class RouterSync:
         for revision_id in self.router.revision_ids() - kept:
             if self.router.in_flight(revision_id) == 0:
                 await self.router.drop_revision(revision_id)
+        self.followed_once = True
 
     def _follow_migrations(self, follows: list[MigrationFollow]) -> None:
         followed = self.router.migrations()
