@@ -370,7 +370,8 @@ def wait_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path) 
             tail = log_path.read_text(errors="replace")[-3000:]
             raise SystemExit(f"the server exited with code {code}:\n{tail}")
         try:
-            response = httpx.get(base_url + "/readyz", timeout=5)
+            # not /readyz: the filled store's live models have no files and no replicas here
+            response = httpx.get(base_url + "/healthz", timeout=5)
             if response.status_code == 200:
                 return
             last = f"{response.status_code} {response.text[:200]}"

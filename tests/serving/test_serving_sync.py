@@ -389,3 +389,40 @@ async def test_an_adapted_promotion_switches_the_pointer_and_the_space_in_one_pa
         live = await s.router.embed(f"{NAME}@live", ["hello"])
         assert live.embedding_space == s.router.live(NAME).revision.embedding_space()
         np.testing.assert_allclose(live.vectors[0], raw, rtol=1e-5)
+
+
+@async_test
+async def test_a_live_model_whose_files_are_gone_leaves_the_others_served(
+    store: Store, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One unreadable live revision used to fail the whole pass, so no name was followed."""
+    async with setup(store, tiny_model_dir, supervisor_here=True) as s:
+        broken_id = str(uuid.uuid4())
+        snapshot = RevisionSnapshot(
+            embedding_model_id="gone",
+            source=str(tmp_path / "gone"),
+            model_path=str(tmp_path / "gone"),
+            content_hash="cd" * 32,
+            engine="onnx",
+            config={"replicas": 1},
+            runtime="fake",
+        )
+        with store.session_scope() as session:
+            add_embedding_model(session, "gone")
+            workloads_service.create_revision(
+                session,
+                revision_id=broken_id,
+                deployment_id=str(uuid.uuid4()),
+                served_name="gone",
+                snapshot=snapshot,
+            )
+            workloads_service.point_live(
+                session, served_name="gone", revision_id=broken_id, deployment_id="d-gone"
+            )
+        blue = s.add_revision(offset=0.0)
+        await s.start(blue)
+        s.point_live(blue)
+        await s.sync.sync_once()
+        assert s.router.live(NAME).revision_id == blue
+        assert s.router.live("gone") is None
+        assert s.sync.unservable == {"gone"} and s.sync.followed_once

@@ -265,6 +265,16 @@ def test_readyz_waits_for_the_first_read_of_what_is_live(
         wait_until_sync(lambda: httpx.get(f"{url}/readyz").status_code == 200)
 
 
+def test_readyz_names_a_live_model_that_cannot_be_served(fake_app: FastAPI) -> None:
+    with running_server(fake_app) as url:
+        fake_app.state.sync.unservable = {"gone"}  # what a pass finds when its files are gone
+        response = httpx.get(f"{url}/readyz")
+        assert response.status_code == 503
+        assert response.json()["reason"] == (
+            "'gone' cannot be served: its model files cannot be read; the server log says why."
+        )
+
+
 class HeldTokenizer:
     """The route's tokenizer, held on an event the test sets."""
 

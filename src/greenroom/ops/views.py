@@ -17,6 +17,7 @@ log = logging.getLogger("greenroom.ops")
 # addresses); the log has the details.
 STARTUP_FAILED = "The default model could not be deployed; the server log says why."
 STORE_UNREACHABLE = "The store is unreachable; the server log says why."
+UNREADABLE = "cannot be served: its model files cannot be read; the server log says why."
 
 
 @api_router.get("/healthz")
@@ -38,6 +39,11 @@ async def readyz(request: Request) -> JSONResponse:
     if not state.sync.followed_once:  # until then the router knows of no live name
         return JSONResponse(
             {"status": "not ready", "reason": "Reading what is live from the store."},
+            status_code=503,
+        )
+    if unservable := sorted(state.sync.unservable):
+        return JSONResponse(
+            {"status": "not ready", "reason": f"'{unservable[0]}' {UNREADABLE}"},
             status_code=503,
         )
     router = state.router

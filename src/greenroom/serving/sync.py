@@ -81,6 +81,7 @@ class StoreView:
     replicas: dict[str, list[ReplicaStatus]] = field(default_factory=dict)
     migrations: list[MigrationFollow] = field(default_factory=list)
     staged: list[ServedRevision] = field(default_factory=list)  # the revisions to prepare
+    unservable: set[str] = field(default_factory=set)  # live names whose revision is unreadable
 
 
 def new_router_id() -> str:
@@ -109,6 +110,8 @@ class RouterSync:
         self._pass_lock = asyncio.Lock()
         self._passes_started = 0
         self.followed_once = False  # `/readyz` waits for the first pass: what is live, known
+        self.unservable: set[str] = set()  # live names the last pass could not prepare
+        self._unpreparable: set[str] = set()  # revision ids logged as such (once each)
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
         # (a wake-up of this process's pass only; the report itself notifies ROUTERS)
         router.on_drained(lambda _revision_id: signals.wake(Topic.LIVE))
@@ -149,7 +152,8 @@ class RouterSync:
         # from here to the drops, no pause: requests see live pointers and stages change together
         for staged in view.staged:
             self.router.add_revision(staged)
-        live_names = set()
+        live_names = set(view.unservable)  # kept as they are: not moved, not removed
+        self.unservable = view.unservable
         for pointer in view.pointers:
             live_names.add(pointer.served_name)
             current = self.router.live(pointer.served_name)
@@ -194,13 +198,13 @@ class RouterSync:
         `StoreReplicas`, the replica reports of the live and staged revisions and of those the
         router still knows (draining ones)."""
         with self.store.session_scope() as session:
-            view = StoreView(
-                pointers=[
-                    LivePointer(live.served_name, self._served_revision(session, revision))
-                    for live, revision in workloads_service.live_pointers(session)
-                ],
-                migrations=migrations_service.followed(session),
-            )
+            view = StoreView(pointers=[], migrations=migrations_service.followed(session))
+            for live, revision in workloads_service.live_pointers(session):
+                served = self._prepared(session, revision)
+                if served is None:  # one unreadable model must not stop the others' serving
+                    view.unservable.add(live.served_name)
+                else:
+                    view.pointers.append(LivePointer(live.served_name, served))
             staged_ids = {f.staged_revision_id for f in view.migrations if f.staged_revision_id}
             for revision in workloads_service.revisions_by_id(session, revision_ids=staged_ids):
                 try:
@@ -214,6 +218,19 @@ class RouterSync:
                     r.id: replicas_from_report(r.id, r.replicas or []) for r in revisions
                 }
             return view
+
+    def _prepared(self, session: Session, revision: Revision) -> ServedRevision | None:
+        """The live revision ready for the router, or None when its weights cannot be read
+        (logged once per revision; every pass tries again)."""
+        try:
+            served = self._served_revision(session, revision)
+        except Exception:
+            if revision.id not in self._unpreparable:
+                self._unpreparable.add(revision.id)
+                log.exception("the live revision %s cannot be prepared", revision.id)
+            return None
+        self._unpreparable.discard(revision.id)
+        return served
 
     def _served_revision(self, session: Session, revision: Revision) -> ServedRevision:
         if known := self._known.get(revision.id):
