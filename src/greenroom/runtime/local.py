@@ -170,6 +170,7 @@ class ReplicaSlot:
     async def _run_once(self) -> str:
         """Start the process and watch it; returns why it went down."""
         self._set(state=ReplicaState.STARTING, message="loading model")
+        spawned_at = asyncio.get_running_loop().time()
         self.process = await self._spawn()
         try:
             port = await asyncio.wait_for(
@@ -182,6 +183,12 @@ class ReplicaSlot:
             code = await self.process.wait()
             reason = self._last_log_line()
             return f"exited with code {code} while starting: {reason}; see {self._log_path()}"
+        log.info(
+            "replica %s ready on port %d, %.2f s after its spawn",
+            self.status.replica_id,
+            port,
+            asyncio.get_running_loop().time() - spawned_at,
+        )
         self._set(
             state=ReplicaState.READY, host=LOOPBACK, port=port, pid=self.process.pid, message=""
         )

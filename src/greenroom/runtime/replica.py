@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     lower_priority(args.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     die_with_parent(args.parent_pid)
+    log.info("replica process %d up", os.getpid())
     secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""
     if not secret:
         log.error("no replica secret on standard input: the supervisor writes it there")
@@ -230,9 +231,18 @@ def main(argv: list[str] | None = None) -> None:
         cache_dir=args.cache_dir,
         gpu=args.gpu,
     )
+    started = time.perf_counter()
     engine = load_engine(options)
+    loaded = time.perf_counter()
     engine.warm_up()
+    log.info(
+        "model loaded in %.2f s, warm-up %.2f s", loaded - started, time.perf_counter() - loaded
+    )
     asyncio.run(serve(engine, secret, args.host, args.port, args.max_batch_size))
+    # Nothing is left to write, and the interpreter's teardown (the engine's sessions and
+    # thread pools, every module) took longer than the rest of a stop; a rollout waits for it.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
