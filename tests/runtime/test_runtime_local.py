@@ -207,6 +207,13 @@ async def test_a_count_change_scales_in_place_without_restarting_the_first_repli
 
         seen.clear()
         await runtime.start_revision(spec)
+        # the drain goes on in the background: the supervisor's pass is not held up by it
+        states = [(r.replica_id, r.state) for r in runtime.replicas("rev-scale")]
+        assert states == [
+            ("rev-scale-0", ReplicaState.READY),
+            ("rev-scale-1", ReplicaState.STOPPING),
+        ]
+        await wait_until(lambda: len(runtime.replicas("rev-scale")) == 1, what="the drain")
         (left,) = runtime.replicas("rev-scale")
         assert left.replica_id == "rev-scale-0" and left.state is ReplicaState.READY
         assert left.pid == first.pid and pid_alive(first.pid)
@@ -214,6 +221,37 @@ async def test_a_count_change_scales_in_place_without_restarting_the_first_repli
         # drained first: reported STOPPING beside the ready first replica before it went
         assert [ReplicaState.READY, ReplicaState.STOPPING] in seen
         assert runtime.running()["rev-scale"].replicas == 1
+    finally:
+        await runtime.close()
+
+
+@async_test
+async def test_a_scale_up_while_a_scale_down_drains_counts_only_the_replicas_that_stay(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 → 1 → 2 within the drain: the replica on its way out is not one of the two."""
+    monkeypatch.setattr(local, "SCALE_DOWN_DRAIN_S", 1.0)
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    spec = RevisionSpec(
+        "rev-back", tiny_model_dir, content_hash(tiny_model_dir), threads=1, secret=SECRET
+    )
+    two = replace(spec, replicas=2)
+    try:
+        await runtime.start_revision(two)
+        first_two = await wait_ready(runtime, "rev-back", 2)
+        await runtime.start_revision(spec)
+        await runtime.start_revision(two)
+        await wait_until(
+            lambda: (
+                [r.state for r in runtime.replicas("rev-back")]
+                == [ReplicaState.READY, ReplicaState.READY]
+            ),
+            deadline_s=60,
+            what="two ready replicas and the drained one gone",
+        )
+        ids = [r.replica_id for r in runtime.replicas("rev-back")]
+        assert ids == ["rev-back-0", "rev-back-2"]  # the drained rev-back-1 did not come back
+        assert {r.replica_id for r in first_two} == {"rev-back-0", "rev-back-1"}
     finally:
         await runtime.close()
 

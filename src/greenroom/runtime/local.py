@@ -12,9 +12,11 @@ replicas start beside the old, which stop once the new ones are ready. A change 
 replica count alone (the autoscaler's) is made in place: new slots start beside the running
 ones (a replica is READY, and takes traffic, only after its warm-up embed), or the surplus is
 drained (STOPPING for `SCALE_DOWN_DRAIN_S`, so every router moves its queued batches away)
-and stopped; the other replicas are never restarted. Before a scale-up the supervisor asks
-`scale_up_refusal`: the memory a replica of the revision takes (the largest resident size of
-its running replicas, or an estimate from the model's files) against `MemAvailable`.
+and stopped, in the background (the supervisor's pass goes on; a replica on its way out is no
+longer one of the revision's count); the other replicas are never restarted. Before a
+scale-up the supervisor asks `scale_up_refusal`: the memory a replica of the revision takes
+(the largest resident size of its running replicas, or an estimate from the model's files)
+against `MemAvailable`.
 """
 
 from __future__ import annotations
@@ -274,11 +276,18 @@ class ReplicaSlot:
             exited.cancel()
             await client.close()
 
-    async def retire(self, drain_s: float) -> None:
-        """Scale-down: reported STOPPING first, so routers send it nothing new and move its
-        queued batches elsewhere; stopped after `drain_s`."""
+    @property
+    def leaving(self) -> bool:
+        """Taken out by a scale-down (or stopping): no longer one of the revision's count."""
+        return self._stopping
+
+    def begin_retiring(self) -> None:
+        """Scale-down: reported STOPPING at once, so routers send it nothing new and move its
+        queued batches elsewhere; `finish_retiring` stops it after the drain."""
         self._stopping = True
         self._set(state=ReplicaState.STOPPING)
+
+    async def finish_retiring(self, drain_s: float) -> None:
         await asyncio.sleep(drain_s)
         await self.stop()
 
@@ -322,6 +331,7 @@ class LocalRuntime(RuntimeBackend):
         self._slots: dict[str, list[ReplicaSlot]] = {}
         self._started: dict[str, int] = {}  # replicas ever started per revision: the next index
         self._handovers: Handovers[ReplicaSlot] = Handovers(self._notify)
+        self._retiring: dict[str, set[asyncio.Task[None]]] = {}  # scale-downs draining
 
     async def start_revision(self, spec: RevisionSpec) -> None:
         revision_id = spec.revision_id
@@ -349,18 +359,28 @@ class LocalRuntime(RuntimeBackend):
     async def _scale_in_place(self, spec: RevisionSpec) -> None:
         """Add slots up to `spec.replicas`, or drain and stop the surplus; the rest run on."""
         slots = self._slots.setdefault(spec.revision_id, [])
-        for slot in slots:
+        staying = [slot for slot in slots if not slot.leaving]  # a drain may still be going on
+        for slot in staying:
             slot.spec = spec
-        if spec.replicas > len(slots):
-            log.info("revision %s: %d → %d replicas", spec.revision_id, len(slots), spec.replicas)
-            slots.extend(self._new_slots(spec, spec.replicas - len(slots)))
+        log.info("revision %s: %d → %d replicas", spec.revision_id, len(staying), spec.replicas)
+        if spec.replicas > len(staying):
+            slots.extend(self._new_slots(spec, spec.replicas - len(staying)))
             self._notify(spec.revision_id)
             return
-        leaving = surplus(slots, spec.replicas)
-        log.info("revision %s: %d → %d replicas", spec.revision_id, len(slots), spec.replicas)
-        await asyncio.gather(*(slot.retire(SCALE_DOWN_DRAIN_S) for slot in leaving))
+        leaving = surplus(staying, spec.replicas)
+        for slot in leaving:
+            slot.begin_retiring()
+        # drained in the background: the supervisor's pass (other revisions' starts) goes on
+        task = asyncio.create_task(self._retire(spec.revision_id, slots, leaving))
+        self._retiring.setdefault(spec.revision_id, set()).add(task)
+        task.add_done_callback(self._retiring[spec.revision_id].discard)
+
+    async def _retire(
+        self, revision_id: str, slots: list[ReplicaSlot], leaving: list[ReplicaSlot]
+    ) -> None:
+        await asyncio.gather(*(slot.finish_retiring(SCALE_DOWN_DRAIN_S) for slot in leaving))
         slots[:] = [slot for slot in slots if slot not in leaving]
-        self._notify(spec.revision_id)
+        self._notify(revision_id)
 
     def scale_up_refusal(self, spec: RevisionSpec, add: int) -> str | None:
         pids = [slot.status.pid for slot in self._slots.get(spec.revision_id, [])]
@@ -368,6 +388,8 @@ class LocalRuntime(RuntimeBackend):
 
     async def stop_revision(self, revision_id: str) -> None:
         await self._handovers.cancel(revision_id)
+        for task in self._retiring.pop(revision_id, set()):
+            task.cancel()  # its slots stop with the others, below
         slots = self._slots.pop(revision_id, [])
         self._specs.pop(revision_id, None)
         self._started.pop(revision_id, None)
