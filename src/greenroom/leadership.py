@@ -369,6 +369,11 @@ class Supervisor:
     async def _lead(self) -> None:
         if self._open_on_election:
             await self.backend.open()
+        if self.target in PROCESS_BOUND_TARGETS:
+            try:
+                await self.reconciler.first_pass()
+            except Exception:  # the loop's own passes retry it
+                log.exception("the first reconcile pass of the %s target failed", self.target)
         self._reconciling = asyncio.create_task(
             self.reconciler.run(), name=f"reconcile {self.target}"
         )

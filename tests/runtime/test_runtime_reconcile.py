@@ -338,3 +338,33 @@ async def test_a_ray_revision_is_autoscaled_in_place_too(sqlite_store: Store) ->
     report_load(sqlite_store, "a", {revision_id: 8})
     assert await reconciler.autoscale_once() == {revision_id: 2}
     assert stored(sqlite_store, revision_id)[0] == 2
+
+
+@async_test
+async def test_the_first_pass_replaces_the_reports_a_previous_leader_left(
+    sqlite_store: Store,
+) -> None:
+    """A restart: the store still says the replica is ready on the old process's port. The
+    first pass, before any router reads it, writes what runs now (a replica starting)."""
+    revision_id = add_revision(sqlite_store)
+    with sqlite_store.session_scope() as session:
+        revision = session.get(Revision, revision_id)
+        assert revision is not None
+        revision.replicas = [
+            {"replica_id": f"{revision_id}-0", "state": "ready", "host": "127.0.0.1", "port": 1}
+        ]
+        revision.ready_replicas = 1
+    runtime = FakeRuntime(lambda spec: HashEngine())
+    runtime.ready_gate.clear()  # the new replica is still loading when the router reads
+    reconciler = Reconciler(sqlite_store, runtime, Signals(), target="local")
+    try:
+        await reconciler.first_pass()
+        with sqlite_store.session_scope() as session:
+            revision = session.get(Revision, revision_id)
+            assert revision is not None
+            assert revision.ready_replicas == 0
+            assert [r["state"] for r in revision.replicas] == ["starting"]
+            assert all(r.get("port") != 1 for r in revision.replicas)
+    finally:
+        runtime.ready_gate.set()
+        await runtime.close()

@@ -287,21 +287,37 @@ class Reconciler:
         self._dirty.add(revision_id)
         self._report_now.set()
 
+    async def first_pass(self) -> None:
+        """At election, before this process's router reads the store: one pass, and its
+        replicas reported at once. The reports a previous leader of a process-bound target
+        left (a restart) name replicas that died with it; a router that read them would send
+        its first requests to ports nobody listens on."""
+        self._loop = asyncio.get_running_loop()
+        await self.reconcile_once()
+        await self.report_dirty()
+
+    async def report_dirty(self) -> None:
+        """Write the reports of the revisions whose replicas changed; raises when the store
+        does (they stay to be written)."""
+        self._report_now.clear()
+        dirty, self._dirty = self._dirty, set()
+        reports = {rid: self.runtime.replicas(rid) for rid in dirty}
+        try:
+            await asyncio.to_thread(self._write_reports, reports)
+        except BaseException:
+            self._dirty |= dirty
+            raise
+        self.signals.notify(Topic.REPORTED)
+
     async def _report_loop(self) -> None:
         while True:
             await self._report_now.wait()
-            self._report_now.clear()
-            dirty, self._dirty = self._dirty, set()
-            reports = {rid: self.runtime.replicas(rid) for rid in dirty}
             try:
-                await asyncio.to_thread(self._write_reports, reports)
+                await self.report_dirty()
             except Exception:
                 log.exception("writing replica reports failed; retrying")
-                self._dirty |= dirty
                 await asyncio.sleep(1)
                 self._report_now.set()
-                continue
-            self.signals.notify(Topic.REPORTED)
 
     def _write_reports(self, reports: dict[str, list[ReplicaStatus]]) -> None:
         now = utcnow()
