@@ -26,32 +26,16 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import serving
 from rollout import prepare_data_dir
-from serving import BENCH_TOKEN, MODEL_NAME, BenchError, progress
-
-DEPLOY_TIMEOUT_S = 300.0
-FINAL = ("done", "failed", "canceled", "refused")
+from serving import MODEL_NAME, BenchError, progress
 
 
 def redeploy(server: serving.Server, threads: int) -> None:
     """The default model again, with `threads` engine threads per replica."""
-    from greenroom.client import GreenroomClient
-
-    client = GreenroomClient(server.base_url, BENCH_TOKEN, timeout=30.0)
-    try:
-        task = client.deploy(MODEL_NAME, {"threads": threads}, False)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        while task["status"] not in FINAL and time.monotonic() < deadline:
-            time.sleep(0.3)
-            task = client.task(task["id"])
-    finally:
-        client.http.close()
-    if task["status"] != "done":
-        raise BenchError(f"the deploy with threads={threads} ended {task['status']}")
+    serving.deploy_and_wait(server, {"threads": threads})
     progress(f"redeployed {MODEL_NAME} with {threads} engine thread(s)")
 
 

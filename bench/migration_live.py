@@ -50,7 +50,6 @@ import serving  # bench/serving.py: the server process, auth, response checks
 MODEL = serving.MODEL_NAME  # the served name (the default model's id)
 MIGRATION = f"/v1/migrations/default/{MODEL}"
 TASKS = "/internal/inference-deployment"
-FINAL = {"done", "failed", "canceled", "refused"}
 CONTROL_TIMEOUT_S = 900.0  # the fit embeds thousands of texts with MPNet before it answers
 TASK_TIMEOUT_S = 600.0
 SUMMARY_INTERVAL_S = 1.0  # GREENROOM_SHADOW_SUMMARY_INTERVAL_S of the bench's server
@@ -248,7 +247,7 @@ class Control:
         deadline = time.monotonic() + TASK_TIMEOUT_S
         while time.monotonic() < deadline:
             task = self.call("GET", f"{TASKS}/{kind}/{task['id']}")
-            if task["status"] in FINAL:
+            if task["status"] in serving.FINAL_STATUSES:
                 return task
             time.sleep(0.5)
         raise serving.BenchError(f"{kind} task {task['id']} did not end in {TASK_TIMEOUT_S:.0f} s")

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is not a package: serving.py is imported from the path set just above.
 from serving import (
     AUTH_HEADERS,
+    FINAL_STATUSES,
     HOST,
     MAX_CALLS,
     MODEL_NAME,
@@ -84,7 +85,6 @@ ROLLOUT_TIMEOUT_S = 600.0
 LOAD_STOP_TIMEOUT_S = REQUEST_TIMEOUT_S + 30.0
 LOAD_MAX_S = 3600.0  # the load generator stops by itself after this, whatever happens here
 ERROR_SAMPLES = 5
-FINAL_STATUSES = ("done", "failed", "canceled", "refused")
 MAIN_STEPS = ("start_green", "smoke_test", "compatibility_gate", "switch", "drain_blue")
 STEP_TITLES = {
     "start_green": "start_green",

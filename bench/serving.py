@@ -1021,6 +1021,7 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
 
 # ----- --repeat-share: the exact embedding cache, off then on, in one server -----------------
 DEPLOY_TIMEOUT_S = 300.0
+FINAL_STATUSES = ("done", "failed", "canceled", "refused")
 CACHE_GOAL_RATIO = 1.6
 
 
@@ -1100,18 +1101,16 @@ def prime(server: Server, sentences: tuple[str, ...]) -> None:
         raise BenchError(f"priming the repeated inputs failed: {response.status_code}")
 
 
-def deploy_with_cache(server: Server, cache_mib: int) -> float:
-    """A deploy of the default model with `cache_mib` (a green rollout, or none when the live
-    revision has that config already), waited for, then until the live revision answers a
-    repeat as it should: from its cache, or (`cache_mib` 0) not."""
+def deploy_and_wait(server: Server, config: dict[str, Any]) -> None:
+    """A deploy of the default model with `config` through the Tasks API, polled until it
+    ends; BenchError unless it ends done within `DEPLOY_TIMEOUT_S`."""
     from greenroom.client import GreenroomClient
 
     started = time.monotonic()
-    progress(f"deploying {MODEL_NAME} with cache_mib={cache_mib}")
     client = GreenroomClient(server.base_url, BENCH_TOKEN, timeout=30.0)
     try:
-        task = client.deploy(MODEL_NAME, {"cache_mib": cache_mib}, False)
-        while task["status"] not in ("done", "failed", "canceled", "refused"):
+        task = client.deploy(MODEL_NAME, config, False)
+        while task["status"] not in FINAL_STATUSES:
             if time.monotonic() - started > DEPLOY_TIMEOUT_S:
                 raise BenchError(f"the deploy {task['id']} is still {task['status']}")
             time.sleep(0.5)
@@ -1120,6 +1119,15 @@ def deploy_with_cache(server: Server, cache_mib: int) -> float:
         client.http.close()
     if task["status"] != "done":
         raise BenchError(f"the deploy {task['id']} ended {task['status']}: {task.get('detail')}")
+
+
+def deploy_with_cache(server: Server, cache_mib: int) -> float:
+    """A deploy of the default model with `cache_mib` (a green rollout, or none when the live
+    revision has that config already), waited for, then until the live revision answers a
+    repeat as it should: from its cache, or (`cache_mib` 0) not."""
+    started = time.monotonic()
+    progress(f"deploying {MODEL_NAME} with cache_mib={cache_mib}")
+    deploy_and_wait(server, {"cache_mib": cache_mib})
     body = {"model": MODEL_NAME, "input": "the cache probe of the benchmark"}
     wanted = "1/1" if cache_mib else "0/1"
     with httpx.Client(base_url=server.base_url, headers=AUTH_HEADERS, timeout=30.0) as http:
