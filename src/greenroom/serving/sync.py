@@ -200,17 +200,16 @@ class RouterSync:
         with self.store.session_scope() as session:
             view = StoreView(pointers=[], migrations=migrations_service.followed(session))
             for live, revision in workloads_service.live_pointers(session):
-                served = self._prepared(session, revision)
+                served = self._prepared(session, revision, "live")
                 if served is None:  # one unreadable model must not stop the others' serving
                     view.unservable.add(live.served_name)
                 else:
                     view.pointers.append(LivePointer(live.served_name, served))
             staged_ids = {f.staged_revision_id for f in view.migrations if f.staged_revision_id}
             for revision in workloads_service.revisions_by_id(session, revision_ids=staged_ids):
-                try:
-                    view.staged.append(self._served_revision(session, revision))
-                except Exception:  # its weights are unreadable: the live names keep following
-                    log.exception("the staged revision %s cannot be prepared", revision.id)
+                # unreadable weights: the live names keep following, the stage waits for them
+                if (staged := self._prepared(session, revision, "staged")) is not None:
+                    view.staged.append(staged)
             if self.replicas is not None:
                 wanted = known | staged_ids | {p.revision.revision_id for p in view.pointers}
                 revisions = workloads_service.revisions_by_id(session, revision_ids=wanted)
@@ -219,15 +218,15 @@ class RouterSync:
                 }
             return view
 
-    def _prepared(self, session: Session, revision: Revision) -> ServedRevision | None:
-        """The live revision ready for the router, or None when its weights cannot be read
-        (logged once per revision; every pass tries again)."""
+    def _prepared(self, session: Session, revision: Revision, role: str) -> ServedRevision | None:
+        """The (`role`: live or staged) revision ready for the router, or None when its weights
+        cannot be read (logged once per revision; every pass tries again)."""
         try:
             served = self._served_revision(session, revision)
         except Exception:
             if revision.id not in self._unpreparable:
                 self._unpreparable.add(revision.id)
-                log.exception("the live revision %s cannot be prepared", revision.id)
+                log.exception("the %s revision %s cannot be prepared", role, revision.id)
             return None
         self._unpreparable.discard(revision.id)
         return served
