@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                 )
                 print(
                     "round  http p50  handler  round trip  own replica p50  "
-                    "server's replica p50  overhead p50"
+                    "server's replica p50  overhead p50  API CPU/request"
                 )
                 for number in range(args.rounds):
                     spec = serving.LoadSpec(
@@ -98,12 +98,14 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                     print(
                         f"{number:5d}  {http.p50_ms:8.2f}  {http.server_handler_ms:7.2f}  "
                         f"{http.replica_round_trip_ms:10.2f}  {direct.p50_ms:15.2f}  "
-                        f"{theirs.p50_ms:20.2f}  {http.p50_ms - direct.p50_ms:12.2f}"
+                        f"{theirs.p50_ms:20.2f}  {http.p50_ms - direct.p50_ms:12.2f}  "
+                        f"{http.server_cpu_ms_per_request:15.2f}"
                     )
     print(
         "\nhandler and round trip are means from the server's metrics (the round trip is "
         "measured around ReplicaClient.embed in the API process); overhead = http p50 - own "
-        "replica p50 (goal <= 1 ms)"
+        "replica p50 (goal <= 1 ms); API CPU/request: the API process's CPU time over the "
+        "round (warm-up included) per request it handled"
     )
 
 

@@ -547,6 +547,7 @@ class LoadResult:
     replica_busy: float = 0.0  # share of the scenario a batch was out at the replica
     server_handler_ms: float = 0.0  # mean time in the server's handler (server metrics)
     replica_round_trip_ms: float = 0.0  # mean round trip of a batch to the replica
+    server_cpu_ms_per_request: float = 0.0  # the API process's CPU per request it handled
     server_non_200: int = 0
     cached_inputs: int = 0  # the x-cache numerators of the measured 200s
     header_inputs: int = 0  # and their denominators
@@ -811,6 +812,8 @@ def run_scenario(pool: Pool, server: Server, spec: LoadSpec) -> LoadResult:
     handled = delta.get("greenroom_embedding_request_duration_seconds_count", 0.0)
     handler_seconds = delta.get("greenroom_embedding_request_duration_seconds_sum", 0.0)
     result.server_handler_ms = 1000.0 * handler_seconds / handled if handled else 0.0
+    server_cpu_s = cpu_after[0] - cpu_before[0]
+    result.server_cpu_ms_per_request = 1000.0 * server_cpu_s / handled if handled else 0.0
     result.server_non_200 = int(
         sum(v for k, v in delta.items() if k.startswith("requests_") and k != "requests_200")
     )

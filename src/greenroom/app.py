@@ -26,15 +26,15 @@ from greenroom.auth.deps import authorize
 from greenroom.compose import Parts, build_parts
 from greenroom.config import Settings
 from greenroom.deployments import views as deployments_views
-from greenroom.edge import EdgeMiddleware
-from greenroom.errors import GreenroomError, ModelNotFoundError
+from greenroom.edge import EMBEDDINGS_PATH, EdgeMiddleware
+from greenroom.errors import INTERNAL_ERROR, GreenroomError
 from greenroom.migrations import views as migrations_views
 from greenroom.openapi import ErrorFamily, document_errors
 from greenroom.ops import views as ops_views
 from greenroom.registry import views as registry_views
 from greenroom.runtime.base import RuntimeBackend
 from greenroom.serving import views as serving_views
-from greenroom.serving.views import is_openai_path, openai_error
+from greenroom.serving.views import is_openai_path, openai_error, openai_error_of
 from greenroom.tasks import views as tasks_views
 from greenroom.workloads import views as workloads_views
 
@@ -86,7 +86,12 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
     install_error_handlers(app)
     document_errors(app, error_family)
     # authentication, then the body limit, before any body is read (greenroom.edge)
-    app.add_middleware(EdgeMiddleware, settings=settings, render_error=render_error)
+    app.add_middleware(
+        EdgeMiddleware,
+        settings=settings,
+        render_error=render_error,
+        shortcuts={("POST", EMBEDDINGS_PATH): serving_views.embeddings_endpoint},
+    )
     app.add_middleware(AuditMiddleware)  # added last: outermost, it sees every other's answer
     return app
 
@@ -113,15 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GreenroomError)
     async def greenroom_error(request: Request, exc: GreenroomError) -> Response:
-        code = "model_not_found" if isinstance(exc, ModelNotFoundError) else None
-        return render_error(
-            request.url.path,
-            exc.status_code,
-            exc.message,
-            headers=exc.headers,
-            code=code,
-            param="model" if code else None,
-        )
+        if error_family(request.url.path) == "openai":
+            return openai_error_of(exc)
+        return render_error(request.url.path, exc.status_code, exc.message, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -139,8 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        message = "Internal error; the server log has the details."
-        return render_error(request.url.path, 500, message)
+        return render_error(request.url.path, 500, INTERNAL_ERROR)
 
 
 def shown_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -182,14 +180,12 @@ def render_error(
     message: str,
     *,
     headers: Mapping[str, str] | None = None,
-    code: str | None = None,
-    param: str | None = None,
 ) -> Response:
-    """An error in the shape of the API family `path` belongs to; `code` and `param` are the
-    OpenAI envelope's (a 401 there is always `invalid_api_key`)."""
+    """An error in the shape of the API family `path` belongs to (in OpenAI's envelope a 401 is
+    always `invalid_api_key`)."""
     family = error_family(path)
     if family == "openai":
-        return openai_error(status_code, message, code=code, param=param, headers=headers)
+        return openai_error(status_code, message, headers=headers)
     if family == "workloads":
         return workloads_error(status_code, message, headers=headers)
     return JSONResponse({"detail": message}, status_code=status_code, headers=headers)

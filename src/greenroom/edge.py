@@ -15,6 +15,9 @@
    read that crosses the limit raises `RequestBodyTooLarge` (413), so nothing over the limit
    is ever buffered.
 
+Then it calls the app, or, for a route it has a shortcut for (`POST /v1/embeddings`, wired by
+`create_app`), that route's own ASGI endpoint directly, past FastAPI's layers.
+
 Header sizes are the HTTP server's to bound: `UVICORN_LIMITS` for `greenroom serve` and the test
 servers alike. The parser is httptools (llhttp, in C: a fraction of h11's cost per request, about
 a sixth of the API process's CPU on a small embedding request), whose head buffer uvicorn leaves
@@ -134,10 +137,23 @@ class RequestBodyTooLarge(StarletteHTTPException):
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: Settings, render_error: ErrorRenderer) -> None:
+    """`shortcuts`: (method, path) of a static route -> a plain ASGI app that answers it, called
+    here once the request is authenticated and within its limit, instead of the app behind (the
+    route must also be the app's, for its scope and its OpenAPI entry). The hot path,
+    `POST /v1/embeddings`, skips FastAPI's layers so."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        render_error: ErrorRenderer,
+        shortcuts: Mapping[tuple[str, str], ASGIApp] | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.render_error = render_error
+        self.shortcuts = dict(shortcuts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,16 +161,17 @@ class EdgeMiddleware:
             return
         path: str = scope["path"]
         limit = self.body_limit(path)
+        shortcut = self.shortcuts.get((scope["method"], path))
         try:
             if not is_open(path):
-                await self.authenticate(scope)
+                await self.authenticate(scope, template=path if shortcut else None)
             declared = declared_length(scope)
             if declared is not None and declared > limit:
                 raise PayloadTooLargeError(too_large_message(limit))
         except GreenroomError as exc:
             await self.refuse(scope, receive, send, exc.status_code, exc.message, exc.headers)
             return
-        await self.call_limited(scope, receive, send, limit)
+        await self.call_limited(scope, receive, send, limit, shortcut or self.app)
 
     def body_limit(self, path: str) -> int:
         if path == EMBEDDINGS_PATH:
@@ -163,21 +180,24 @@ class EdgeMiddleware:
             return MIGRATION_SAMPLES_MAX_BYTES
         return self.settings.max_control_request_bytes
 
-    async def authenticate(self, scope: Scope) -> None:
+    async def authenticate(self, scope: Scope, *, template: str | None = None) -> None:
         """The request's principal into `scope["state"]` (before the scope check: the audit log
         records who was refused too); 401 without a usable token, 403 when it lacks the scope
-        of the route matched."""
+        of the route matched (`template` when the caller knows it)."""
         app = scope["app"]
         token = bearer_token(Headers(scope=scope).get("authorization"))
         principal = await authenticate(app.state.authenticator, token)
         scope.setdefault("state", {})["principal"] = principal
-        template, _ = match_route(app, scope)
+        if template is None:
+            template, _ = match_route(app, scope)
         needed = required_scope(scope["method"], template) if template is not None else None
         if needed is not None and needed != policy.ANY_TOKEN:
             require_scope(principal, needed)
 
-    async def call_limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        """Run the app with the body counted as it is read; a crossing that the app's handlers
+    async def call_limited(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, app: ASGIApp
+    ) -> None:
+        """Run `app` with the body counted as it is read; a crossing that the app's handlers
         did not answer (no FastAPI route read it) is answered here."""
         received = 0
         started = False
@@ -197,7 +217,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive_limited, send_noting_start)
+            await app(scope, receive_limited, send_noting_start)
         except RequestBodyTooLarge as exc:
             if started:
                 raise

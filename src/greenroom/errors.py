@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+INTERNAL_ERROR = "Internal error; the server log has the details."
+
 
 class GreenroomError(Exception):
     """Base of every error greenroom raises on purpose; `message` is one human sentence.

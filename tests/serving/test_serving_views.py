@@ -22,7 +22,9 @@ from helpers import wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
 
 from greenroom.app import create_app
+from greenroom.auth.deps import authorize
 from greenroom.config import Settings
+from greenroom.errors import INTERNAL_ERROR, ServiceUnavailableError
 from greenroom.runtime.fake import FakeRuntime
 from greenroom.serving.sync import RouterSync
 
@@ -214,6 +216,35 @@ def test_a_full_queue_is_a_429_with_retry_after(fake_app: FastAPI) -> None:
         response = embed(url, {"model": MODEL, "input": "x"})
         assert_openai_error(response, 429, "rate_limit_error")
         assert response.headers["retry-after"] == "1"
+
+
+def test_an_unexpected_error_is_a_500_in_the_openai_envelope(
+    fake_app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a secret detail")
+
+    with running_server(fake_app) as url:
+        monkeypatch.setattr(fake_app.state.router, "embed", broken)
+        response = embed(url, {"model": MODEL, "input": "x"})
+        error = assert_openai_error(response, 500, "server_error")
+        assert error["message"] == INTERNAL_ERROR
+        assert "secret" not in response.text
+    assert "a secret detail" in caplog.text  # the server log has the details
+
+
+def test_embeddings_skip_fastapi_and_the_other_routes_do_not(fake_app: FastAPI) -> None:
+    """The edge answers `POST /v1/embeddings` itself (its shortcut); a dependency of every
+    FastAPI route that fails shows which requests went through FastAPI."""
+
+    async def refuse() -> None:
+        raise ServiceUnavailableError("reached FastAPI")
+
+    with running_server(fake_app) as url:
+        fake_app.dependency_overrides[authorize] = refuse
+        assert embed(url, {"model": MODEL, "input": "x"}).status_code == 200
+        models = httpx.get(f"{url}/v1/models", headers=ADMIN_HEADERS, timeout=30)
+        assert assert_openai_error(models, 503, "server_error")["message"] == "reached FastAPI"
 
 
 def test_no_ready_replica_is_a_503(fake_app: FastAPI) -> None:

@@ -9,6 +9,7 @@ router's traffic recorder under the same plain served name and the revision that
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Mapping
 from typing import Annotated
@@ -16,10 +17,14 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from greenroom.auth.deps import CurrentPrincipal
+from greenroom.auth.service import Principal
 from greenroom.deps import DbSession
-from greenroom.errors import GreenroomError, ModelNotFoundError
+from greenroom.edge import EMBEDDINGS_PATH
+from greenroom.errors import INTERNAL_ERROR, GreenroomError, ModelNotFoundError
 from greenroom.metrics import Metrics
 from greenroom.serving import traffic
 from greenroom.serving.items import EmbeddingResult
@@ -27,6 +32,7 @@ from greenroom.serving.router import RevisionRoute, Router, ServedBy
 from greenroom.serving.schemas import EmbeddingRequest, TrafficRead, parse_embedding_request
 
 api_router = APIRouter()
+log = logging.getLogger("greenroom.serving")
 
 OPENAI_PATH_PREFIXES = ("/v1/embeddings", "/v1/models")
 EMBEDDING_SPACE_HEADER = "x-embedding-space"
@@ -47,12 +53,7 @@ async def get_router(request: Request) -> Router:
     return request.app.state.router
 
 
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
-
-
 RouterDep = Annotated[Router, Depends(get_router)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 @api_router.post(
@@ -70,19 +71,40 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
         }
     },
 )
-async def create_embeddings(
-    request: Request, router: RouterDep, metrics: MetricsDep, principal: CurrentPrincipal
-) -> Response:
+async def create_embeddings(request: Request, principal: CurrentPrincipal) -> Response:
     """Embed strings or token-id lists with the live revision of a served name."""
+    return await answer_embeddings(request, principal)
+
+
+async def embeddings_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """`POST /v1/embeddings` as a plain ASGI app, which the edge calls once it has authenticated
+    the request and checked its scope (`EdgeMiddleware`'s `shortcuts`): FastAPI's routing,
+    dependencies and exception layers cost about a fifth of the API process's CPU on a
+    single-sentence request. Errors are answered here, in OpenAI's envelope as the app's
+    handlers answer them; a body over its limit is the edge's to answer."""
+    try:
+        response = await answer_embeddings(Request(scope, receive), scope["state"]["principal"])
+    except GreenroomError as exc:
+        response = openai_error_of(exc)
+    except StarletteHTTPException:
+        raise  # the edge's 413
+    except Exception:
+        log.exception("unhandled error on %s", EMBEDDINGS_PATH)
+        response = openai_error(500, INTERNAL_ERROR)
+    await response(scope, receive, send)
+
+
+async def answer_embeddings(request: Request, principal: Principal) -> Response:
+    state = request.app.state
+    router: Router = state.router
+    metrics: Metrics = state.metrics
     started = time.perf_counter()
     label = "unknown"
     served_by = ServedBy()
     try:
         # the body limit was enforced while it streamed in (greenroom.edge)
         body = await request.body()
-        payload = parse_embedding_request(
-            body, max_items=request.app.state.settings.max_input_items
-        )
+        payload = parse_embedding_request(body, max_items=state.settings.max_input_items)
         # a pinned name counts under its served name: label sets never grow with revision ids
         label = payload.model.partition("@")[0]
         result = await router.embed(
@@ -98,7 +120,7 @@ async def create_embeddings(
         metrics.requests.labels(label, str(exc.status_code)).inc()
         _record_failure(router, label, served_by, exc.status_code)
         raise
-    except Exception:  # answered 500 by the app's handler: an error of the traffic too
+    except Exception:  # answered 500: an error of the traffic too
         _record_failure(router, label, served_by, 500)
         raise
     latency_s = time.perf_counter() - started
@@ -199,6 +221,13 @@ def render_embeddings(request: EmbeddingRequest, result: EmbeddingResult) -> byt
 
 def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PATH_PREFIXES)
+
+
+def openai_error_of(exc: GreenroomError) -> JSONResponse:
+    """A GreenroomError in OpenAI's envelope: an unknown model is `model_not_found` on `model`."""
+    code = "model_not_found" if isinstance(exc, ModelNotFoundError) else None
+    param = "model" if code else None
+    return openai_error(exc.status_code, exc.message, code=code, param=param, headers=exc.headers)
 
 
 def openai_error(
