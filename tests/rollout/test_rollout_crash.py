@@ -333,7 +333,8 @@ class Traffic:
 
 def replica_processes(parent_pid: int) -> dict[int, set[int]]:
     """Every replica process `parent_pid` started (from the process table) → the TCP ports it
-    listens on. A zombie has no command line and is not counted: it is gone."""
+    listens on. A zombie has no command line and is not counted: it is gone; nor is the spare
+    process while it waits (`greenroom.runtime.spare`)."""
     inode_ports = listening_ports_by_inode()
     found: dict[int, set[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -350,7 +351,10 @@ def replica_processes(parent_pid: int) -> dict[int, set[int]]:
             }
         except OSError:  # it ended while we looked
             continue
-        found[int(entry.name)] = {inode_ports[i] for i in inodes if i in inode_ports}
+        ports = {inode_ports[i] for i in inodes if i in inode_ports}
+        if "--spare" in argv and not ports:
+            continue  # the spare process, not (yet) a replica
+        found[int(entry.name)] = ports
     return found
 
 

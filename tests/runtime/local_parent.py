@@ -2,7 +2,8 @@
 
     python tests/runtime/local_parent.py MODEL_DIR DATA_DIR ONNX_CACHE_DIR
 
-Prints `{"pids": [...]}` once the replica is ready, then runs until killed.
+Prints `{"pids": [...]}` once the replica is ready and its spare process started (the spare's
+pid last), then runs until killed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ async def main(model_dir: Path, data_dir: Path, onnx_cache_dir: Path) -> None:
     await runtime.start_revision(spec)
     while not (ready := runtime.ready_replicas(REVISION_ID)):
         await asyncio.sleep(0.05)
-    print(json.dumps({"pids": [r.pid for r in ready]}), flush=True)
+    assert runtime.spare is not None
+    while runtime.spare.pid is None:
+        await asyncio.sleep(0.05)
+    print(json.dumps({"pids": [r.pid for r in ready] + [runtime.spare.pid]}), flush=True)
     await asyncio.Event().wait()
 
 

@@ -10,7 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conformance import READY_DEADLINE_S, RuntimeConformance, wait_ready
+from conformance import (
+    READY_DEADLINE_S,
+    RuntimeConformance,
+    assert_unit_vectors,
+    embed_probe,
+    wait_ready,
+)
 from helpers import async_test, pid_alive, wait_until
 
 from greenroom.config import Settings
@@ -281,3 +287,93 @@ async def test_a_scale_up_without_the_memory_for_it_is_refused_with_a_reason(
         assert reason is not None and "the resident size of a running replica" in reason
     finally:
         await runtime.close()
+
+
+# ----- the spare replica process --------------------------------------------------------------
+
+
+def spare_spec(
+    revision_id: str, model_dir: Path, *, threads: int, priority: str = "normal"
+) -> RevisionSpec:
+    return RevisionSpec(
+        revision_id,
+        model_dir,
+        content_hash(model_dir),
+        threads=threads,
+        priority=priority,
+        secret=SECRET,
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@async_test
+async def test_the_next_replica_like_the_last_one_runs_in_the_spare_process(
+    tmp_path: Path, tiny_model_dir: Path, onnx_cache_dir: Path
+) -> None:
+    runtime = local_runtime(tmp_path, onnx_cache_dir)
+    spare = runtime.spare
+    assert spare is not None  # on by default
+    spare.delay_s = 0.1
+    spare_pids: list[int] = []
+    try:
+        await runtime.start_revision(spare_spec("rev-a", tiny_model_dir, threads=1))
+        (first,) = await wait_ready(runtime, "rev-a", 1)
+        await wait_until(lambda: spare.pid is not None, deadline_s=30, what="a spare")
+        assert spare.pid is not None and spare.pid != first.pid
+        spare_pids.append(spare.pid)
+
+        # the same environment (a staged one: its niceness is raised after the spare's start)
+        low = spare_spec("rev-b", tiny_model_dir, threads=1, priority="low")
+        await runtime.start_revision(low)
+        (second,) = await wait_ready(runtime, "rev-b", 1)
+        assert second.pid == spare_pids[0]
+        assert_unit_vectors(await embed_probe(second, low), None)  # the revision's secret
+        replica_log = (runtime.log_dir / f"replica-{second.replica_id}.log").read_text()
+        assert "it was the spare" in replica_log and "model loaded" in replica_log
+        nicer = min(19, os.getpriority(os.PRIO_PROCESS, 0) + runtime.settings.staged_nice)
+        assert set(thread_nice_values(second.pid)) == {nicer}
+
+        await wait_until(
+            lambda: spare.pid not in (None, spare_pids[0]), deadline_s=30, what="the next spare"
+        )
+        assert spare.pid is not None
+        spare_pids.append(spare.pid)
+        # another environment (2 engine threads) starts a process of its own
+        await runtime.start_revision(spare_spec("rev-c", tiny_model_dir, threads=2))
+        (third,) = await wait_ready(runtime, "rev-c", 1)
+        assert third.pid not in spare_pids
+        await wait_until(
+            lambda: spare.pid not in (None, *spare_pids), deadline_s=30, what="its spare"
+        )
+        assert spare.pid is not None
+        spare_pids.append(spare.pid)
+        assert not pid_alive(spare_pids[1])  # the spare of the other environment is gone
+    finally:
+        await runtime.close()
+    assert spare.pid is None
+    assert not any(pid_alive(pid) for pid in spare_pids)
+
+
+def test_without_the_spare_setting_no_spare_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GREENROOM_REPLICA_SPARE", "false")
+    assert LocalRuntime(Settings(data_dir=tmp_path)).spare is None
+
+
+@async_test
+async def test_an_unassigned_spare_exits_when_its_input_closes() -> None:
+    spare = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "greenroom.runtime.replica", "--spare", "onnx",
+        "--parent-pid", str(os.getpid()),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert spare.stdin is not None
+        spare.stdin.close()
+        assert await asyncio.wait_for(spare.wait(), 30) == 0
+        assert spare.stdout is not None and await spare.stdout.read() == b""  # no ready line
+    finally:
+        if spare.returncode is None:
+            spare.kill()
+            await spare.wait()

@@ -16,7 +16,9 @@ and stopped, in the background (the supervisor's pass goes on; a replica on its 
 longer one of the revision's count); the other replicas are never restarted. Before a
 scale-up the supervisor asks `scale_up_refusal`: the memory a replica of the revision takes
 (the largest resident size of its running replicas, or an estimate from the model's files)
-against `MemAvailable`.
+against `MemAvailable`. The next replica like the one started last runs in the spare process
+(`greenroom.runtime.spare`, `settings.replica_spare`): its interpreter and engine modules are
+loaded already.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, Ru
 from greenroom.runtime.environment import replica_environment
 from greenroom.runtime.handover import Handovers, count_change_only, surplus
 from greenroom.runtime.protocol import ReplicaClient
+from greenroom.runtime.spare import REPLICA_COMMAND, SpareProcess, assign
 
 log = logging.getLogger("greenroom.runtime.local")
 LOOPBACK = "127.0.0.1"
@@ -132,6 +134,7 @@ class ReplicaSlot:
             state=ReplicaState.STARTING,
         )
         self.process: asyncio.subprocess.Process | None = None
+        self._env: dict[str, str] = {}  # the process's environment, set by `_spawn`
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"replica {self.status.replica_id}")
 
@@ -194,12 +197,13 @@ class ReplicaSlot:
         self._set(
             state=ReplicaState.READY, host=LOOPBACK, port=port, pid=self.process.pid, message=""
         )
+        if self.runtime.spare is not None:
+            self.runtime.spare.want(self._env, self.spec.engine)  # for the next start like it
         return await self._watch(port)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         spec = self.spec
-        command = [
-            sys.executable, "-m", "greenroom.runtime.replica",
+        args = [
             "--model-path", str(spec.model_path),
             "--content-hash", spec.content_hash,
             "--engine", spec.engine,
@@ -212,21 +216,27 @@ class ReplicaSlot:
             "--max-batch-size", str(spec.max_batch_size),
         ]  # fmt: skip
         if spec.priority == "low":  # a staged revision's replica yields the CPU to live ones
-            command += ["--nice", str(self.settings.staged_nice)]
-        env = replica_environment(
+            args += ["--nice", str(self.settings.staged_nice)]
+        self._env = replica_environment(
             spec.environment,
             self.settings.allowed_env_names(),
             threads=spec.threads,
             revision_id=spec.revision_id,
         )
+        spare = self.runtime.spare
+        process = spare.take(self._env, spec.engine) if spare is not None else None
+        if process is not None and await assign(process, args, spec.secret, self._log_path()):
+            log.info("replica %s runs in the spare process %d", self.status.replica_id, process.pid)
+            return process
         log_file = self._log_path().open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
+                *REPLICA_COMMAND,
+                *args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 stdin=asyncio.subprocess.PIPE,
-                env=env,
+                env=self._env,
             )
         finally:
             log_file.close()
@@ -332,6 +342,11 @@ class LocalRuntime(RuntimeBackend):
         self._started: dict[str, int] = {}  # replicas ever started per revision: the next index
         self._handovers: Handovers[ReplicaSlot] = Handovers(self._notify)
         self._retiring: dict[str, set[asyncio.Task[None]]] = {}  # scale-downs draining
+        self.spare = (
+            SpareProcess(parent_pid=os.getpid(), log_path=self.log_dir / "replica-spare.log")
+            if settings.replica_spare
+            else None
+        )
 
     async def start_revision(self, spec: RevisionSpec) -> None:
         revision_id = spec.revision_id
@@ -403,4 +418,6 @@ class LocalRuntime(RuntimeBackend):
         return dict(self._specs)
 
     async def close(self) -> None:
+        if self.spare is not None:
+            await self.spare.close()
         await asyncio.gather(*(self.stop_revision(r) for r in list(self._slots)))

@@ -7,7 +7,9 @@ loads the engine, embeds a warm-up batch, listens on loopback and prints one JSO
 know the secret get answers (`protocol.accept`); requests are bounded by the revision's limits
 and errors carry one sentence, their details go to the replica's log. It dies with its parent
 (parent-death signal), so a killed `greenroom serve` leaves no orphans. A staged revision's
-replica starts with `--nice N` and lowers its own CPU priority before loading anything.
+replica starts with `--nice N` and lowers its own CPU priority before loading anything. Started
+as `--spare ENGINE`, it imports that engine's modules and waits for its assignment (the
+arguments, the secret and the log file) on standard input (`greenroom.runtime.spare`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import importlib
 import json
 import logging
 import os
@@ -26,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from greenroom.runtime import protocol
-from greenroom.runtime.engines import Engine, EngineOptions, load_engine
+from greenroom.runtime import protocol, spare
+from greenroom.runtime.engines import ENGINE_MODULES, Engine, EngineOptions, load_engine
 
 log = logging.getLogger("greenroom.replica")
 PR_SET_PDEATHSIG = 1
@@ -140,11 +143,16 @@ def read_secret(stream: BinaryIO) -> str:
     """The revision's secret: the first line the supervisor writes to our standard input, which
     is then closed (the secret is never in argv or the environment)."""
     line = stream.readline(MAX_SECRET_LINE)
+    stdin_to_devnull()
+    return line.decode(errors="replace").strip()
+
+
+def stdin_to_devnull() -> None:
+    """fd 0 stays taken (no file lands on it), and children read nothing."""
     with contextlib.suppress(OSError):
         devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)  # fd 0 stays taken (no file lands on it), and children read nothing
+        os.dup2(devnull, 0)
         os.close(devnull)
-    return line.decode(errors="replace").strip()
 
 
 async def serve(engine: Engine, secret: str, host: str, port: int, max_batch_size: int) -> None:
@@ -182,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="raise this process's niceness by N (0-19) before anything starts: a staged "
         "revision's replicas yield the CPU to the live revision's",
     )
+    add_spare_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -212,13 +221,51 @@ def lower_priority(increment: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, thread_id, niceness)
 
 
+def parse_spare_args(argv: list[str]) -> argparse.Namespace:
+    """`--spare` and `--parent-pid` alone (`--help` is `parse_args`'s)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_spare_argument(parser)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    return parser.parse_known_args(argv)[0]
+
+
+def add_spare_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--spare",
+        choices=sorted(ENGINE_MODULES),
+        help="start as a spare for this engine instead (only --parent-pid besides): import "
+        "its modules, then wait on standard input for the replica's arguments, secret and log "
+        "file",
+    )
+
+
+def await_assignment(engine: str, parent_pid: int) -> tuple[list[str], str]:
+    """As a spare: the engine's modules imported, then the replica's arguments and secret from
+    standard input, with our log moved to the replica's file; exits when none comes."""
+    die_with_parent(parent_pid)
+    importlib.import_module(ENGINE_MODULES[engine])
+    assignment = spare.read_assignment(sys.stdin.buffer)
+    stdin_to_devnull()
+    if assignment is None:
+        os._exit(0)  # not needed any more (its input closed)
+    args, secret, log_path = assignment
+    spare.log_to(log_path)
+    return args, secret
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    spare_args = parse_spare_args(argv)
+    secret = ""
+    if spare_args.spare:
+        argv, secret = await_assignment(spare_args.spare, spare_args.parent_pid)
     args = parse_args(argv)
     lower_priority(args.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     die_with_parent(args.parent_pid)
-    log.info("replica process %d up", os.getpid())
-    secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""
+    log.info("replica process %d up%s", os.getpid(), " (it was the spare)" if secret else "")
+    if not secret:
+        secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""
     if not secret:
         log.error("no replica secret on standard input: the supervisor writes it there")
         sys.exit(2)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from greenroom.runtime.engines.base import Engine, EngineOptions
 
+# the module of each engine, which a spare replica imports ahead (`greenroom.runtime.spare`)
+ENGINE_MODULES = {
+    "onnx": "greenroom.runtime.engines.onnx_engine",
+    "torch": "greenroom.runtime.engines.torch_engine",
+}
+
 
 def load_engine(options: EngineOptions) -> Engine:
     """Load the engine a replica was asked for; torch is imported only for `torch`."""
@@ -18,4 +24,4 @@ def load_engine(options: EngineOptions) -> Engine:
     raise ValueError(f"Unknown engine '{options.engine}': use onnx or torch.")
 
 
-__all__ = ["Engine", "EngineOptions", "load_engine"]
+__all__ = ["ENGINE_MODULES", "Engine", "EngineOptions", "load_engine"]
