@@ -319,6 +319,8 @@ class Report:
     rollouts: list[Rollout] = field(default_factory=list)
     bare: list[BareStart] = field(default_factory=list)
     server_log_problems: list[str] = field(default_factory=list)
+    spare_starts: int = 0  # replica starts that ran in the spare process (the server's log)
+    replica_starts: int = 0  # replica starts the server logged ready
     aborted: str | None = None  # why the deploy sequence stopped early
 
     # --- derived figures
@@ -413,6 +415,19 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path, report: Report) -> N
                 report.load_stopped_at = time.time()
             report.load = pending.get(timeout=LOAD_STOP_TIMEOUT_S)
         report.server_log_problems = log_problems(logs_dir, offsets)  # shutdown included
+        report.spare_starts, report.replica_starts = count_replica_starts(logs_dir, offsets)
+
+
+def count_replica_starts(logs_dir: Path, offsets: dict[Path, int]) -> tuple[int, int]:
+    """(starts in the spare process, all starts) the server's log records since `offsets`."""
+    path = logs_dir / "greenroom.log"
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offsets.get(path, 0))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return 0, 0
+    return text.count("runs in the spare process"), text.count(" ready on port ")
 
 
 def drive(
@@ -603,6 +618,11 @@ def print_bare(report: Report) -> None:
             f"  for comparison, start_green median {float(np.median(starts)):.2f} s (the same "
             "replica start, through the supervisor and the store)"
         )
+    print(
+        f"  {report.spare_starts} of the server's {report.replica_starts} replica starts ran in "
+        "its spare process (interpreter up, engine imported: GREENROOM_REPLICA_SPARE); the bare "
+        "start is always a fresh process"
+    )
 
 
 def print_summary(report: Report) -> None:
