@@ -46,6 +46,19 @@ def local_runtime(data_dir: Path, onnx_cache_dir: Path) -> LocalRuntime:
     return runtime
 
 
+def revision_spec(
+    revision_id: str, model_dir: Path, *, threads: int, priority: str = "normal"
+) -> RevisionSpec:
+    return RevisionSpec(
+        revision_id,
+        model_dir,
+        content_hash(model_dir),
+        threads=threads,
+        priority=priority,
+        secret=SECRET,
+    )
+
+
 class TestLocalRuntimeConformance(RuntimeConformance):
     @pytest.fixture(autouse=True)
     def _dirs(self, tmp_path: Path, onnx_cache_dir: Path) -> None:
@@ -164,14 +177,7 @@ async def test_a_low_priority_replica_runs_nicer_than_a_normal_one(
     try:
         for revision_id, priority in (("rev-live", "normal"), ("rev-staged", "low")):
             await runtime.start_revision(
-                RevisionSpec(
-                    revision_id,
-                    tiny_model_dir,
-                    content_hash(tiny_model_dir),
-                    threads=2,
-                    priority=priority,
-                    secret=SECRET,
-                )
+                revision_spec(revision_id, tiny_model_dir, threads=2, priority=priority)
             )
         (live,) = await wait_ready(runtime, "rev-live", 1)
         (staged,) = await wait_ready(runtime, "rev-staged", 1)
@@ -292,19 +298,6 @@ async def test_a_scale_up_without_the_memory_for_it_is_refused_with_a_reason(
 # ----- the spare replica process --------------------------------------------------------------
 
 
-def spare_spec(
-    revision_id: str, model_dir: Path, *, threads: int, priority: str = "normal"
-) -> RevisionSpec:
-    return RevisionSpec(
-        revision_id,
-        model_dir,
-        content_hash(model_dir),
-        threads=threads,
-        priority=priority,
-        secret=SECRET,
-    )
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @async_test
 async def test_the_next_replica_like_the_last_one_runs_in_the_spare_process(
@@ -316,14 +309,14 @@ async def test_the_next_replica_like_the_last_one_runs_in_the_spare_process(
     spare.delay_s = 0.1
     spare_pids: list[int] = []
     try:
-        await runtime.start_revision(spare_spec("rev-a", tiny_model_dir, threads=1))
+        await runtime.start_revision(revision_spec("rev-a", tiny_model_dir, threads=1))
         (first,) = await wait_ready(runtime, "rev-a", 1)
         await wait_until(lambda: spare.pid is not None, deadline_s=30, what="a spare")
         assert spare.pid is not None and spare.pid != first.pid
         spare_pids.append(spare.pid)
 
         # the same environment (a staged one: its niceness is raised after the spare's start)
-        low = spare_spec("rev-b", tiny_model_dir, threads=1, priority="low")
+        low = revision_spec("rev-b", tiny_model_dir, threads=1, priority="low")
         await runtime.start_revision(low)
         (second,) = await wait_ready(runtime, "rev-b", 1)
         assert second.pid == spare_pids[0]
@@ -339,7 +332,7 @@ async def test_the_next_replica_like_the_last_one_runs_in_the_spare_process(
         assert spare.pid is not None
         spare_pids.append(spare.pid)
         # another environment (2 engine threads) starts a process of its own
-        await runtime.start_revision(spare_spec("rev-c", tiny_model_dir, threads=2))
+        await runtime.start_revision(revision_spec("rev-c", tiny_model_dir, threads=2))
         (third,) = await wait_ready(runtime, "rev-c", 1)
         assert third.pid not in spare_pids
         await wait_until(
