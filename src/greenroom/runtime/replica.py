@@ -263,8 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     lower_priority(args.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     die_with_parent(args.parent_pid)
-    log.info("replica process %d up%s", os.getpid(), " (it was the spare)" if secret else "")
-    if not secret:
+    log.info(
+        "replica process %d up%s", os.getpid(), " (it was the spare)" if spare_args.spare else ""
+    )
+    if not spare_args.spare:  # a spare had its secret with its assignment
         secret = read_secret(sys.stdin.buffer) if sys.stdin is not None else ""
     if not secret:
         log.error("no replica secret on standard input: the supervisor writes it there")
