@@ -17,6 +17,7 @@ from fastapi.exception_handlers import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from greenroom import __version__, console
 from greenroom.audit import views as audit_views
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
         finally:
             await parts.stop()
 
-    app = FastAPI(
+    app = GreenroomAPI(
         title="greenroom",
         version=__version__,
         description="Green deployments and an OpenAI-compatible endpoint for embedding models.",
@@ -86,14 +87,47 @@ def create_app(settings: Settings | None = None, runtime: RuntimeBackend | None 
     install_error_handlers(app)
     document_errors(app, error_family)
     # authentication, then the body limit, before any body is read (greenroom.edge)
-    app.add_middleware(
-        EdgeMiddleware,
+    app.add_middleware(EdgeMiddleware, settings=settings, render_error=render_error)
+    app.add_middleware(AuditMiddleware)  # added last: outermost, it sees every other's answer
+    app.front_door = EdgeMiddleware(
+        app.router,  # never called: every request the front door takes has a shortcut
         settings=settings,
         render_error=render_error,
         shortcuts={("POST", EMBEDDINGS_PATH): serving_views.embeddings_endpoint},
     )
-    app.add_middleware(AuditMiddleware)  # added last: outermost, it sees every other's answer
     return app
+
+
+class GreenroomAPI(FastAPI):
+    """FastAPI with a front door for the hot path: a request for one of `front_door`'s
+    shortcut routes (`POST /v1/embeddings`) goes from the server straight to that edge, which
+    authenticates it, bounds its body and calls the route's endpoint, past Starlette's
+    middleware stack (its error and telemetry wrappers, and the audit log, which does not
+    record the data plane); every other request takes the whole stack. An error the edge does
+    not answer is answered here as the stack would, a 500 in the family's shape."""
+
+    front_door: EdgeMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        door = self.front_door
+        if door is None or scope["type"] != "http" or not door.has_shortcut(scope):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await door(scope, receive, send_noting_start)
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            if started:
+                raise
+            await render_error(scope["path"], 500, INTERNAL_ERROR)(scope, receive, send)
 
 
 def publish(app: FastAPI, parts: Parts) -> None:

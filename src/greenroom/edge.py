@@ -15,8 +15,10 @@
    read that crosses the limit raises `RequestBodyTooLarge` (413), so nothing over the limit
    is ever buffered.
 
-Then it calls the app, or, for a route it has a shortcut for (`POST /v1/embeddings`, wired by
-`create_app`), that route's own ASGI endpoint directly, past FastAPI's layers.
+Then it calls the app, or, for a route it has a shortcut for, that route's own ASGI endpoint
+directly. `create_app` puts one edge in the app's middleware stack and one with the shortcut of
+`POST /v1/embeddings` at the app's front door (`greenroom.app.GreenroomAPI`), where that route's
+requests skip Starlette's middleware stack and FastAPI's routing alike.
 
 Header sizes are the HTTP server's to bound: `UVICORN_LIMITS` for `greenroom serve` and the test
 servers alike. The parser is httptools (llhttp, in C: a fraction of h11's cost per request, about
@@ -24,11 +26,13 @@ a sixth of the API process's CPU on a small embedding request), whose head buffe
 unbounded, so `BoundedHttpToolsProtocol` bounds it: a request line and headers over
 `MAX_HEADER_BYTES` get a 400 and the connection is closed, and a head still incomplete after that
 many bytes (a header that never ends) is refused the same way, so at most one read of the socket
-past the limit is ever buffered.
+past the limit is ever buffered. It also gives each response a `HeadJoiningTransport`, which
+sends the head uvicorn writes on its own with the body's first part.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,6 +95,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, HeadJoiningTransport):
+            # the request's task is created, not started: it writes through this
+            self.cycle.transport = HeadJoiningTransport(self.transport)  # type: ignore[assignment]
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -106,6 +113,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._fed_in_head > MAX_HEADER_BYTES:
                 self.logger.warning(HEAD_TOO_LARGE)
                 self.send_400_response(HEAD_TOO_LARGE)
+
+
+class HeadJoiningTransport:
+    """A response's view of its connection: its first write (the head uvicorn writes at
+    `http.response.start`) is held and sent with the next (the body's first part), so that a
+    small response leaves in one write, one segment that wakes the client once. Held no longer
+    than the event loop's next turn (a streamed response's first part may come later), and
+    never joined to a part over `JOIN_MAX_BYTES` (no copy of a large body)."""
+
+    JOIN_MAX_BYTES = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:
+            self._first, self._held = False, data
+            asyncio.get_running_loop().call_soon(self._flush)
+            return
+        held, self._held = self._held, None
+        if held is not None and len(data) <= self.JOIN_MAX_BYTES:
+            data = held + data
+        elif held is not None:
+            self._transport.write(held)
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 UVICORN_LIMITS: dict[str, Any] = {"http": BoundedHttpToolsProtocol}
@@ -154,6 +200,9 @@ class EdgeMiddleware:
         self.settings = settings
         self.render_error = render_error
         self.shortcuts = dict(shortcuts or {})
+
+    def has_shortcut(self, scope: Scope) -> bool:
+        return (scope["method"], scope["path"]) in self.shortcuts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -7,6 +7,7 @@ refused, or answered, before one would be asked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -20,7 +21,7 @@ import pytest
 from helpers import free_port, stop_process, wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN
 
-from greenroom.edge import MAX_HEADER_BYTES
+from greenroom.edge import MAX_HEADER_BYTES, HeadJoiningTransport
 
 MiB = 1024 * 1024
 CHUNK = b" " * (64 * 1024)
@@ -245,3 +246,80 @@ def test_the_bounds_are_in_the_openapi_document(server: tuple[str, int]) -> None
 
 def _authorization() -> str:
     return f"Authorization: Bearer {ADMIN_TOKEN}"
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+async def _one_turn() -> None:
+    await asyncio.sleep(0)
+
+
+def test_a_small_response_leaves_in_one_write() -> None:
+    async def respond() -> list[bytes]:
+        transport = RecordingTransport()
+        joined = HeadJoiningTransport(transport)  # type: ignore[arg-type]
+        joined.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        assert transport.writes == []  # held for the body
+        joined.write(b"{}")
+        joined.write(b"more")
+        await _one_turn()
+        return transport.writes
+
+    assert asyncio.run(respond()) == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]
+
+
+def test_a_head_without_a_body_yet_leaves_on_the_next_turn() -> None:
+    async def respond() -> list[bytes]:
+        transport = RecordingTransport()
+        joined = HeadJoiningTransport(transport)  # type: ignore[arg-type]
+        joined.write(b"head")
+        await _one_turn()
+        assert transport.writes == [b"head"]  # a streamed response's first part may come later
+        joined.write(b"part")
+        return transport.writes
+
+    assert asyncio.run(respond()) == [b"head", b"part"]
+
+
+def test_a_large_body_is_not_copied_onto_the_head() -> None:
+    body = b"x" * (HeadJoiningTransport.JOIN_MAX_BYTES + 1)
+
+    async def respond() -> list[bytes]:
+        transport = RecordingTransport()
+        joined = HeadJoiningTransport(transport)  # type: ignore[arg-type]
+        joined.write(b"head")
+        joined.write(body)
+        return transport.writes
+
+    writes = asyncio.run(respond())
+    assert writes == [b"head", body] and writes[1] is body
+
+
+def test_close_sends_a_held_head_first_and_the_rest_is_the_transports() -> None:
+    async def respond() -> RecordingTransport:
+        transport = RecordingTransport()
+        joined = HeadJoiningTransport(transport)  # type: ignore[arg-type]
+        joined.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        joined.close()
+        assert joined.is_closing() and joined.get_extra_info("peername") == "info peername"
+        await _one_turn()  # the scheduled flush finds nothing left to send
+        return transport
+
+    transport = asyncio.run(respond())
+    assert transport.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"] and transport.closed

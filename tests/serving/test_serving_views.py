@@ -18,8 +18,10 @@ import openai
 import pytest
 from factories import HashEngine
 from fastapi import FastAPI
+from fastapi.responses import Response
 from helpers import wait_until_sync
 from servers import ADMIN_HEADERS, ADMIN_TOKEN, running_server
+from starlette.types import Receive, Scope, Send
 
 from greenroom.app import create_app
 from greenroom.auth.deps import authorize
@@ -245,6 +247,34 @@ def test_embeddings_skip_fastapi_and_the_other_routes_do_not(fake_app: FastAPI) 
         assert embed(url, {"model": MODEL, "input": "x"}).status_code == 200
         models = httpx.get(f"{url}/v1/models", headers=ADMIN_HEADERS, timeout=30)
         assert assert_openai_error(models, 503, "server_error")["message"] == "reached FastAPI"
+
+
+def test_embeddings_skip_starlettes_middleware_stack(fake_app: FastAPI) -> None:
+    """The front door takes `POST /v1/embeddings` from the server straight to the edge: a
+    middleware stack that answers 418 to everything shows which requests went through it."""
+
+    async def teapot(scope: Scope, receive: Receive, send: Send) -> None:
+        await Response(status_code=418)(scope, receive, send)
+
+    with running_server(fake_app) as url:
+        fake_app.middleware_stack = teapot
+        assert embed(url, {"model": MODEL, "input": "x"}).status_code == 200
+        assert embed(url, {"model": MODEL, "input": "x"}, headers={}).status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers=ADMIN_HEADERS).status_code == 418
+
+
+def test_an_unexpected_error_at_the_front_door_is_a_500_in_the_openai_envelope(
+    fake_app: FastAPI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(token_hash: str) -> None:
+        raise RuntimeError("the store is down: a secret detail")
+
+    with running_server(fake_app) as url:
+        monkeypatch.setattr(fake_app.state.authenticator, "resolve", broken)
+        response = embed(url, {"model": MODEL, "input": "x"})
+        error = assert_openai_error(response, 500, "server_error")
+        assert error["message"] == INTERNAL_ERROR and "secret" not in response.text
+    assert "a secret detail" in caplog.text
 
 
 def test_no_ready_replica_is_a_503(fake_app: FastAPI) -> None:
