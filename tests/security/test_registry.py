@@ -302,7 +302,10 @@ def test_a_repointed_model_keeps_its_old_copy_while_a_revision_names_it(
                 )
             )
         new = httpx.put(
-            f"{server}{MODELS}/a", json={"source": str(tiny_model_2_dir)}, headers=headers
+            f"{server}{MODELS}/a",
+            json={"source": str(tiny_model_2_dir)},
+            headers=headers,
+            timeout=120,  # a copy of the weights, hashed: slow on a loaded machine
         )
         assert new.status_code == 200, new.text
         assert new.json()["path"] != old["path"]
@@ -311,7 +314,8 @@ def test_a_repointed_model_keeps_its_old_copy_while_a_revision_names_it(
         with store.session_scope() as session:
             session.query(LiveRevision).delete()
             session.query(Revision).delete()
-        assert httpx.delete(f"{server}{MODELS}/a", headers=headers).status_code == 204
+        deleted = httpx.delete(f"{server}{MODELS}/a", headers=headers, timeout=120)
+        assert deleted.status_code == 204
         # collected once the delete commits (the session ends after the answer is sent)
         wait_until_sync(lambda: stored_hashes(data_dir) == set(), what="the collection")
     finally:
