@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -370,3 +371,42 @@ async def test_an_unassigned_spare_exits_when_its_input_closes() -> None:
         if spare.returncode is None:
             spare.kill()
             await spare.wait()
+
+
+FORK_WHILE_BLAS = """
+import asyncio, sys, threading, time
+import numpy as np
+import uvloop
+from greenroom.config import Settings
+from greenroom.runtime.local import LocalRuntime
+
+LocalRuntime(Settings(data_dir=sys.argv[1]))
+busy = np.random.default_rng(0).random((1000, 1000))
+threading.Thread(target=lambda: [busy @ busy for _ in iter(int, 1)], daemon=True).start()
+
+async def spawn_for(seconds):
+    spawned, until = 0, time.monotonic() + seconds
+    while time.monotonic() < until:
+        process = await asyncio.create_subprocess_exec("/bin/true")
+        await process.wait()
+        spawned += 1
+    print(spawned)
+
+uvloop.run(spawn_for(float(sys.argv[2])))
+"""
+
+
+def test_replicas_can_be_forked_while_another_thread_runs_blas(tmp_path: Path) -> None:
+    """OpenBLAS's fork handler deadlocks a fork while one of its threads works for another
+    thread (an adapter's fit in the API process); the local runtime keeps BLAS to one thread.
+    With BLAS's default threads (2 here) and these matrices, 3 runs in 4 hung within 8 s."""
+    script = tmp_path / "fork_while_blas.py"
+    script.write_text(FORK_WHILE_BLAS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "data"), "8"],
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )  # a hang is a TimeoutExpired
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 50

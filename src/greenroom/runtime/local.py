@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+from threadpoolctl import threadpool_limits
 
 from greenroom.config import Settings
 from greenroom.runtime.base import ReplicaState, ReplicaStatus, RevisionSpec, RuntimeBackend
@@ -325,6 +326,15 @@ class ReplicaSlot:
             await self.process.wait()
 
 
+def keep_blas_to_one_thread() -> None:
+    """This process forks replica processes (uvloop spawns with `fork()`) while other threads
+    may be in a BLAS call (an adapter's fit or its application, shadow comparisons). OpenBLAS's
+    fork handler then waits forever for its busy worker threads, and the event loop with it; with
+    BLAS on one thread there is no worker to wait for. The API process serves while it fits, so
+    one BLAS thread is also what leaves the replicas their cores."""
+    threadpool_limits(1, user_api="blas")
+
+
 class LocalRuntime(RuntimeBackend):
     """Replica processes on this machine, one slot task per replica."""
 
@@ -333,6 +343,7 @@ class LocalRuntime(RuntimeBackend):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
+        keep_blas_to_one_thread()
         data_dir = settings.resolved_data_dir()
         self.onnx_cache_dir = data_dir / "onnx"
         self.log_dir = data_dir / "logs"
