@@ -17,7 +17,7 @@ from fastapi.exception_handlers import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from greenroom import __version__, console
 from greenroom.audit import views as audit_views
@@ -27,7 +27,7 @@ from greenroom.auth.deps import authorize
 from greenroom.compose import Parts, build_parts
 from greenroom.config import Settings
 from greenroom.deployments import views as deployments_views
-from greenroom.edge import EMBEDDINGS_PATH, EdgeMiddleware
+from greenroom.edge import EMBEDDINGS_PATH, EdgeMiddleware, StartNoted
 from greenroom.errors import INTERNAL_ERROR, GreenroomError
 from greenroom.migrations import views as migrations_views
 from greenroom.openapi import ErrorFamily, document_errors
@@ -114,18 +114,12 @@ class GreenroomAPI(FastAPI):
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
-        started = False
-
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        noted = StartNoted(send)
         try:
-            await door(scope, receive, send_noting_start)
+            await door(scope, receive, noted)
         except Exception:
             log.exception("unhandled error on %s", scope["path"])
-            if started:
+            if noted.started:
                 raise
             await render_error(scope["path"], 500, INTERNAL_ERROR)(scope, receive, send)
 

@@ -249,7 +249,6 @@ class EdgeMiddleware:
         """Run `app` with the body counted as it is read; a crossing that the app's handlers
         did not answer (no FastAPI route read it) is answered here."""
         received = 0
-        started = False
 
         async def receive_limited() -> Message:
             nonlocal received
@@ -260,15 +259,11 @@ class EdgeMiddleware:
                     raise RequestBodyTooLarge(limit)
             return message
 
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        noted = StartNoted(send)
         try:
-            await app(scope, receive_limited, send_noting_start)
+            await app(scope, receive_limited, noted)
         except RequestBodyTooLarge as exc:
-            if started:
+            if noted.started:
                 raise
             await self.refuse(scope, receive, send, 413, str(exc.detail), None)
 
@@ -283,6 +278,19 @@ class EdgeMiddleware:
     ) -> None:
         response = self.render_error(scope["path"], status_code, message, headers=headers)
         await response(scope, receive, send)
+
+
+class StartNoted:
+    """A `send` that notes whether the response has started: an error after that can no longer
+    be answered, only raised."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 def declared_length(scope: Scope) -> int | None:
