@@ -94,9 +94,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not None and not isinstance(self.cycle.transport, HeadJoiningTransport):
-            # the request's task is created, not started: it writes through this
+        if self.cycle is not None and self.cycle is not previous:
+            # a new request: its task is created, not started, and writes through this
             self.cycle.transport = HeadJoiningTransport(self.transport)  # type: ignore[assignment]
 
     def _count(self, size: int) -> None:
