@@ -81,6 +81,14 @@ def get_by_revision(db_session: Session, *, revision_id: str) -> Deployment | No
     ).first()
 
 
+def get_by_revisions(db_session: Session, *, revision_ids: list[str]) -> dict[str, Deployment]:
+    """The version of each of these revisions that has one, by revision id (one query)."""
+    if not revision_ids:
+        return {}
+    found = db_session.scalars(select(Deployment).where(Deployment.revision_id.in_(revision_ids)))
+    return {deployment.revision_id: deployment for deployment in found}
+
+
 def get_latest_deployment(db_session: Session, *, workspace: str, name: str) -> Deployment | None:
     """The latest version of a deployment, whatever its status."""
     return db_session.scalars(

@@ -4,6 +4,8 @@ creator and desired phase) and deploy tasks (a rollout under way shows `Updating
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy.orm import Session
 
 from greenroom.config import Settings
@@ -16,6 +18,9 @@ from greenroom.workloads.models import LiveRevision, Revision
 from greenroom.workloads.schemas import RequestedPods, RevisionRead, WorkloadRead
 from greenroom.workloads.service import NOT_FOUND, REPLICA_COMMAND, parse_id
 from greenroom.workloads.states import RevisionPhase
+
+if TYPE_CHECKING:
+    from greenroom.deployments.models import Deployment
 
 DeploymentStatus = deployments_service.DeploymentStatus
 DELETION_STATUSES = (DeploymentStatus.DELETED, DeploymentStatus.DELETING)
@@ -70,7 +75,13 @@ def list_revisions(
     revisions = workloads_service.list_revisions_of_workload(
         db_session, workload_id=workload_id, deleted=deleted
     )
-    return [to_read(db_session, r, settings, reveal_envs=reveal_envs) for r in revisions]
+    deployments = deployments_service.get_by_revisions(
+        db_session, revision_ids=[r.id for r in revisions]
+    )
+    return [
+        to_read(revision, deployments.get(revision.id), settings, reveal_envs=reveal_envs)
+        for revision in revisions
+    ]
 
 
 def count_revisions(db_session: Session, *, workload_id: str, deleted: bool | None) -> int:
@@ -86,7 +97,8 @@ def get_revision_or_raise(
     revision = workloads_service.get_revision(db_session, revision_id=parse_id(revision_id))
     if revision is None:
         raise NotFoundError(NOT_FOUND)
-    return to_read(db_session, revision, settings, reveal_envs=reveal_envs)
+    deployment = deployments_service.get_by_revision(db_session, revision_id=revision.id)
+    return to_read(revision, deployment, settings, reveal_envs=reveal_envs)
 
 
 def _require_workload(db_session: Session, *, workload_id: str) -> str:
@@ -98,11 +110,14 @@ def _require_workload(db_session: Session, *, workload_id: str) -> str:
 
 
 def to_read(
-    db_session: Session, revision: Revision, settings: Settings, *, reveal_envs: bool = False
+    revision: Revision,
+    deployment: Deployment | None,
+    settings: Settings,
+    *,
+    reveal_envs: bool = False,
 ) -> RevisionRead:
-    """A revision as the API shows it; `environmentVariables` values only with `reveal_envs`
-    (a caller with the `deploy` scope)."""
-    deployment = deployments_service.get_by_revision(db_session, revision_id=revision.id)
+    """A revision, with the deployment version it belongs to, as the API shows it;
+    `environmentVariables` values only with `reveal_envs` (a caller with the `deploy` scope)."""
     config = revision.config
     return RevisionRead(
         name=deployment.name if deployment else revision.served_name,
