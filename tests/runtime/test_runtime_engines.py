@@ -206,3 +206,8 @@ def test_default_model_onnx_and_int8_match_torch(
         assert_finite_unit_vectors(vectors, 384)
     assert row_cosines(onnx_vectors, torch_vectors).min() >= 0.9999
     assert row_cosines(int8_vectors, torch_vectors).min() >= 0.95
+
+
+def test_an_unknown_engine_is_refused_by_name(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown engine 'tensorrt': use onnx or torch"):
+        make_engine(tiny_model_dir, tmp_path, "tensorrt")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from greenroom.runtime import protocol, spare
-from greenroom.runtime.engines import ENGINE_MODULES, Engine, EngineOptions, load_engine
+from greenroom.runtime.engines import ENGINES, Engine, EngineOptions, load_engine
 
 log = logging.getLogger("greenroom.replica")
 PR_SET_PDEATHSIG = 1
@@ -232,7 +232,7 @@ def parse_spare_args(argv: list[str]) -> argparse.Namespace:
 def add_spare_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spare",
-        choices=sorted(ENGINE_MODULES),
+        choices=sorted(ENGINES),
         help="start as a spare for this engine instead (only --parent-pid besides): import "
         "its modules, then wait on standard input for the replica's arguments, secret and log "
         "file",
@@ -243,7 +243,7 @@ def await_assignment(engine: str, parent_pid: int) -> tuple[list[str], str]:
     """As a spare: the engine's modules imported, then the replica's arguments and secret from
     standard input, with our log moved to the replica's file; exits when none comes."""
     die_with_parent(parent_pid)
-    importlib.import_module(ENGINE_MODULES[engine])
+    importlib.import_module(ENGINES[engine][0])
     assignment = spare.read_assignment(sys.stdin.buffer)
     stdin_to_devnull()
     if assignment is None:
