@@ -87,6 +87,14 @@ def onnx_cache_dir() -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def shared_onnx_cache(onnx_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server a test starts, in this process or as a child, keeps its ONNX exports in the
+    shared cache: a registration's load check exports a model once, not once per test's data
+    directory (4 to 10 s each)."""
+    monkeypatch.setenv("GREENROOM_ONNX_CACHE_DIR", str(onnx_cache_dir))
+
+
 # ----- the store: SQLite per test, PostgreSQL with one database per test session -----------------
 
 import uuid  # noqa: E402

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GREENROOM_", extra="ignore")
 
     data_dir: Path = Field(default=Path("~/.greenroom"), description="state, caches and logs")
+    # Where ONNX exports are kept, one folder per model content hash (unset: DATA_DIR/onnx).
+    # Data directories may share one: an export is written under a file lock, by atomic rename.
+    onnx_cache_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     runtime: RuntimeTarget = "local"
@@ -194,6 +197,11 @@ class Settings(BaseSettings):
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    def resolved_onnx_cache_dir(self) -> Path:
+        if self.onnx_cache_dir is not None:
+            return self.onnx_cache_dir.expanduser().resolve()
+        return self.resolved_data_dir() / "onnx"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from factories import add_embedding_model, checked_model
 
+from greenroom.config import Settings
 from greenroom.deployments import configs as deployments_configs
 from greenroom.errors import ConflictError, ModelSourceError, NotFoundError
 from greenroom.registry import service as registry_service
@@ -61,6 +62,18 @@ def test_check_source_loads_and_stores_the_model(
     assert (onnx_cache_dir / checked_tiny.content_hash / "model.onnx").is_file()
     assert checked_tiny.pin is not None and checked_tiny.pin.is_file()
     assert [p.name for p in checked_tiny.path.parent.iterdir() if p.name.startswith(".inc")] == []
+
+
+def test_the_onnx_cache_is_in_the_data_dir_unless_a_setting_puts_it_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GREENROOM_ONNX_CACHE_DIR", raising=False)
+    default = Settings(data_dir=tmp_path / "data")
+    moved = Settings(data_dir=tmp_path / "data", onnx_cache_dir=tmp_path / "exports")
+    assert registry_service.CheckOptions.of(default).cache_dir == tmp_path / "data" / "onnx"
+    assert registry_service.CheckOptions.of(moved).cache_dir == tmp_path / "exports"
+    monkeypatch.setenv("GREENROOM_ONNX_CACHE_DIR", str(tmp_path / "from-env"))
+    assert Settings(data_dir=tmp_path).resolved_onnx_cache_dir() == tmp_path / "from-env"
 
 
 def test_check_source_of_a_missing_directory(

@@ -97,8 +97,9 @@ def test_register_stores_a_copy_and_delete_collects_it(
 
 
 def test_register_a_model_that_does_not_load(
-    store: Store, tmp_path: Path, tiny_model_dir: Path
+    store: Store, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("GREENROOM_ONNX_CACHE_DIR")  # its own cache, with a broken export
     broken = tmp_path / "onnx" / content_hash(tiny_model_dir)
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"not an onnx graph")

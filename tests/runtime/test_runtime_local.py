@@ -70,9 +70,12 @@ class TestLocalRuntimeConformance(RuntimeConformance):
         return local_runtime(self.data_dir, self.onnx_cache_dir)
 
 
-def test_data_dir_layout(tmp_path: Path) -> None:
+def test_data_dir_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREENROOM_ONNX_CACHE_DIR")  # the tests' shared cache (conftest)
     runtime = LocalRuntime(Settings(data_dir=tmp_path))
     assert runtime.onnx_cache_dir == tmp_path / "onnx"
+    moved = LocalRuntime(Settings(data_dir=tmp_path, onnx_cache_dir=tmp_path / "exports"))
+    assert moved.onnx_cache_dir == tmp_path / "exports"
     assert runtime.log_dir == tmp_path / "logs"
     assert runtime.log_dir.is_dir()
 

@@ -83,10 +83,9 @@ class CheckOptions:
 
     @classmethod
     def of(cls, settings: Settings) -> CheckOptions:
-        data_dir = settings.resolved_data_dir()
         return cls(
-            store_dir=store_dir(data_dir),
-            cache_dir=data_dir / "onnx",
+            store_dir=store_dir(settings.resolved_data_dir()),
+            cache_dir=settings.resolved_onnx_cache_dir(),
             timeout_s=settings.registration_timeout_s,
             max_bytes=settings.max_model_bytes,
             max_files=settings.max_model_files,

@@ -344,9 +344,8 @@ class LocalRuntime(RuntimeBackend):
         super().__init__()
         self.settings = settings
         keep_blas_to_one_thread()
-        data_dir = settings.resolved_data_dir()
-        self.onnx_cache_dir = data_dir / "onnx"
-        self.log_dir = data_dir / "logs"
+        self.onnx_cache_dir = settings.resolved_onnx_cache_dir()
+        self.log_dir = settings.resolved_data_dir() / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._specs: dict[str, RevisionSpec] = {}
         self._slots: dict[str, list[ReplicaSlot]] = {}

@@ -138,7 +138,7 @@ class RayRuntime(RuntimeBackend):
         self.settings = settings
         self.replica_class = replica_class  # the Serve deployment's class (bench: a subclass)
         self.poll_interval_s = poll_interval_s
-        self.onnx_cache_dir = settings.resolved_data_dir() / "onnx"
+        self.onnx_cache_dir = settings.resolved_onnx_cache_dir()
         self.external = bool(os.environ.get("RAY_ADDRESS"))
         # On close, applications on an external cluster stay (re-adopted next start).
         self.keep_applications = self.external if keep_applications is None else keep_applications
