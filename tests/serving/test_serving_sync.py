@@ -4,6 +4,7 @@ switch loses no request (the fake runtime's in-process replicas, a real store)."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -426,3 +427,11 @@ async def test_a_live_model_whose_files_are_gone_leaves_the_others_served(
         assert s.router.live(NAME).revision_id == blue
         assert s.router.live("gone") is None
         assert s.sync.unservable == {"gone"} and s.sync.followed_once
+
+        # the files come back: not read again on the next pass, but once the retry is due
+        shutil.copytree(tiny_model_dir, tmp_path / "gone")
+        await s.sync.sync_once()
+        assert s.router.live("gone") is None and s.sync.unservable == {"gone"}
+        s.sync.unpreparable_retry_s = 0.0
+        await s.sync.sync_once()
+        assert s.router.live("gone") is not None and s.sync.unservable == set()

@@ -66,6 +66,9 @@ if TYPE_CHECKING:  # the rows the workloads service hands us
 
 log = logging.getLogger("greenroom.router.sync")
 
+# how long a revision whose weights could not be read waits before a pass tries it again
+UNPREPARABLE_RETRY_S = 10.0
+
 
 @dataclass(frozen=True)
 class LivePointer:
@@ -111,7 +114,9 @@ class RouterSync:
         self._passes_started = 0
         self.followed_once = False  # `/readyz` waits for the first pass: what is live, known
         self.unservable: set[str] = set()  # live names the last pass could not prepare
-        self._unpreparable: set[str] = set()  # revision ids logged as such (once each)
+        # revision id -> monotonic time of its last failed preparation (logged once each)
+        self._unpreparable: dict[str, float] = {}
+        self.unpreparable_retry_s = UNPREPARABLE_RETRY_S
         # a drain waits on our report: send it as soon as a retired revision's last batch is done
         # (a wake-up of this process's pass only; the report itself notifies ROUTERS)
         router.on_drained(lambda _revision_id: signals.wake(Topic.LIVE))
@@ -220,15 +225,20 @@ class RouterSync:
 
     def _prepared(self, session: Session, revision: Revision, role: str) -> ServedRevision | None:
         """The (`role`: live or staged) revision ready for the router, or None when its weights
-        cannot be read (logged once per revision; every pass tries again)."""
+        cannot be read (logged once per revision). A revision that failed is tried again
+        `unpreparable_retry_s` later, not on every pass: a store with many unreadable revisions
+        would otherwise cost a registry read and a look at the disk each, every second."""
+        failed_at = self._unpreparable.get(revision.id)
+        if failed_at is not None and time.monotonic() - failed_at < self.unpreparable_retry_s:
+            return None
         try:
             served = self._served_revision(session, revision)
         except Exception:
-            if revision.id not in self._unpreparable:
-                self._unpreparable.add(revision.id)
+            if failed_at is None:
                 log.exception("the %s revision %s cannot be prepared", role, revision.id)
+            self._unpreparable[revision.id] = time.monotonic()
             return None
-        self._unpreparable.discard(revision.id)
+        self._unpreparable.pop(revision.id, None)
         return served
 
     def _served_revision(self, session: Session, revision: Revision) -> ServedRevision:
