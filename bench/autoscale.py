@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is not a package: serving.py and rollout.py are imported from the path set just above.
-from rollout import FINAL_STATUSES, TASKS, api_request, prepare_data_dir
+from rollout import FINAL_STATUSES, TASKS, api_request
 from serving import (
     AUTH_HEADERS,
     MODEL_NAME,
@@ -49,6 +49,7 @@ from serving import (
     ignore_sigint,
     make_sentences,
     one_request,
+    prepare_data_dir,
     progress,
     request_bodies,
     running_server,

@@ -57,7 +57,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is not a package: serving.py and rollout.py are imported from the path set just above.
-from rollout import prepare_data_dir
 from serving import (
     AUTH_HEADERS,
     BENCH_TOKEN,
@@ -73,6 +72,7 @@ from serving import (
     ignore_sigint,
     log_tail,
     make_sentences,
+    prepare_data_dir,
     progress,
     run_load,
     running_server,

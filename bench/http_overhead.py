@@ -29,8 +29,7 @@ import tempfile
 from pathlib import Path
 
 import serving
-from rollout import prepare_data_dir
-from serving import MODEL_NAME, BenchError, progress
+from serving import MODEL_NAME, BenchError, prepare_data_dir, progress
 
 
 def redeploy(server: serving.Server, threads: int) -> None:

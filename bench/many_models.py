@@ -58,7 +58,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/ is not a package: serving.py and rollout.py are imported from the path set just above.
-from rollout import FINAL_STATUSES, TASKS, api_request, prepare_data_dir
+from rollout import FINAL_STATUSES, TASKS, api_request
 from serving import (
     AUTH_HEADERS,
     MAX_CALLS,
@@ -73,6 +73,7 @@ from serving import (
     log_problems,
     make_sentences,
     one_request,
+    prepare_data_dir,
     progress,
     request_bodies,
     running_server,

@@ -63,6 +63,7 @@ from serving import (
     make_sentences,
     one_request,
     own_replica,
+    prepare_data_dir,
     print_problems,
     progress,
     request_bodies,
@@ -368,17 +369,6 @@ class Report:
 
     def rollout_walls(self) -> list[float]:
         return [r.wall_s for r in self.rollouts]
-
-
-def prepare_data_dir(data_dir: Path) -> None:
-    """Every run is a first start: the database goes, the ONNX export cache stays."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    removed = []
-    for path in sorted(data_dir.glob("greenroom.db*")):
-        path.unlink()
-        removed.append(path.name)
-    if removed:
-        progress(f"removed {', '.join(removed)} from {data_dir} (kept the ONNX cache)")
 
 
 def run_benchmark(args: argparse.Namespace, data_dir: Path, report: Report) -> None:

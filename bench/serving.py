@@ -995,10 +995,22 @@ def log_problems(logs_dir: Path, offsets: dict[Path, int]) -> list[str]:
     return problems
 
 
+def prepare_data_dir(data_dir: Path) -> None:
+    """Every run is a first start: the database goes, the ONNX export cache stays."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    removed = []
+    for path in sorted(data_dir.glob("greenroom.db*")):
+        path.unlink()
+        removed.append(path.name)
+    if removed:
+        progress(f"removed {', '.join(removed)} from {data_dir} (kept the ONNX cache)")
+
+
 def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
     sentences = make_sentences()
     model = resolve_model()
     token_ids = tokenize(model, sentences)
+    prepare_data_dir(data_dir)  # a store kept from another bench can hold another config
     cache_dir = data_dir / "onnx"
     limit = measure_limit(model, args.engine, cache_dir, token_ids)
     report = Report(settings=run_settings(args, data_dir, model, sentences), limit=limit)
@@ -1059,6 +1071,7 @@ def run_cache_benchmark(args: argparse.Namespace, data_dir: Path) -> CacheReport
     """`--rounds` rounds of (no cache, cache), each side `--duration / --rounds` seconds, a
     deploy between each: the machine's drift falls on both sides alike."""
     sentences = tuple(make_sentences())
+    prepare_data_dir(data_dir)
     spawn = multiprocessing.get_context("spawn")
     report = CacheReport(args.repeat_share, args.cache_mib, [], [])
     with spawn.Pool(1, initializer=ignore_sigint) as pool:
@@ -1435,8 +1448,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="the server's data directory (state, logs, ONNX export cache in DATA_DIR/onnx); "
-        "reuse one to skip the ONNX export on later runs; default: a temporary directory, "
-        "removed afterwards",
+        "reuse one to skip the ONNX export on later runs (its greenroom.db* is deleted first, "
+        "so every run deploys the default config); default: a temporary directory, removed "
+        "afterwards",
     )
     parser.add_argument(
         "--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON"
