@@ -1021,6 +1021,8 @@ def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
         logs_dir.mkdir(parents=True, exist_ok=True)
         offsets = log_offsets(logs_dir)
         with running_server(data_dir, args.runtime) as server:
+            if args.max_batch_size:
+                deploy_and_wait(server, {"max_batch_size": args.max_batch_size})
             specs = {spec.name: spec for spec in scenario_specs(args, server.base_url, sentences)}
             for name in ("a", "b", "c"):
                 report.scenarios[name] = run_scenario(pool, server, specs[name])
@@ -1212,6 +1214,13 @@ def print_cache_report(report: CacheReport) -> None:
         print(f"  server log: {problem}")
 
 
+def default_max_batch_size() -> int:
+    """The default deployment config's `max_batch_size` (the deployments API's)."""
+    from greenroom.schemas import ExecutorConfig
+
+    return ExecutorConfig().max_batch_size
+
+
 def run_settings(
     args: argparse.Namespace, data_dir: Path, model: ModelRef, sentences: list[str]
 ) -> dict[str, Any]:
@@ -1223,7 +1232,7 @@ def run_settings(
         "server_engine": "onnx fp32",
         "replicas": 1,
         "replica_threads": model.threads,
-        "max_batch_size": 32,
+        "max_batch_size": args.max_batch_size or default_max_batch_size(),
         "runtime": args.runtime,
         "limit_engine": args.engine,
         "duration_s": args.duration,
@@ -1489,9 +1498,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="cache_mib of the deploy with the cache (--repeat-share)",
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        help="redeploy the default model with this max_batch_size before the HTTP scenarios; "
+        f"0 keeps the default config's ({default_max_batch_size()})",
+    )
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.concurrency < 1:
-        parser.error("--duration must be positive and --concurrency at least 1")
+    if args.duration <= 0 or args.concurrency < 1 or args.max_batch_size < 0:
+        parser.error(
+            "--duration must be positive, --concurrency at least 1, --max-batch-size at least 0"
+        )
     if args.repeat_share is not None and not 0.0 <= args.repeat_share < 1.0:
         parser.error("--repeat-share must lie in [0, 1)")
     if args.cache_mib < 1 or args.rounds < 1:
