@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from factories import add_deployment, add_embedding_model
-from sqlalchemy import event
+from helpers import statements_run
 from sqlalchemy.orm import Session
 
 from greenroom.auth.scopes import Scope, effective_scopes
@@ -93,15 +93,8 @@ def test_latest_versions_is_one_query_with_a_grouped_subquery(store: Store) -> N
         for name in ("a", "b"):
             new_deployment(db_session, name)
         new_version(db_session, "a")
-        statements: list[str] = []
-        listen = event.listens_for(db_session.get_bind(), "before_cursor_execute")
-
-        @listen
-        def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-            statements.append(statement)
-
-        page = deployments_service.list_deployments(db_session, workspace=WS, sort="name")
-        event.remove(db_session.get_bind(), "before_cursor_execute", record)
+        with statements_run(store.engine) as statements:
+            page = deployments_service.list_deployments(db_session, workspace=WS, sort="name")
     assert [(d.name, d.entity_version) for d in page.items] == [("a", 2), ("b", 1)]
     assert page.total == 2 and page.total_pages == 1
     assert len(statements) == 2  # the count and the page

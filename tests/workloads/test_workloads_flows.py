@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
+from helpers import statements_run
 
 from greenroom.config import Settings
 from greenroom.deployments.models import Deployment
@@ -114,19 +114,10 @@ def test_the_revisions_list_reads_their_versions_in_one_query(store: Store) -> N
     workload_id = str(uuid.uuid4())
     for version in range(1, 6):
         add_version(store, workload_id=workload_id, version=version, retired=version < 5)
-    statements: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    with store.session_scope() as session:
-        event.listen(store.engine, "before_cursor_execute", record)
-        try:
-            listed = flows.list_revisions(
-                session, workload_id=workload_id, deleted=None, settings=SETTINGS
-            )
-        finally:
-            event.remove(store.engine, "before_cursor_execute", record)
+    with store.session_scope() as session, statements_run(store.engine) as statements:
+        listed = flows.list_revisions(
+            session, workload_id=workload_id, deleted=None, settings=SETTINGS
+        )
     assert [r.name for r in listed] == ["emb"] * 5
     # the workload's existence, its revisions, their deployment versions: not one per revision
     assert len(statements) == 3
