@@ -385,7 +385,14 @@ from greenroom.runtime.local import LocalRuntime
 
 LocalRuntime(Settings(data_dir=sys.argv[1]))
 busy = np.random.default_rng(0).random((1000, 1000))
-threading.Thread(target=lambda: [busy @ busy for _ in iter(int, 1)], daemon=True).start()
+stop = threading.Event()
+
+def multiply():
+    while not stop.is_set():
+        busy @ busy
+
+worker = threading.Thread(target=multiply)
+worker.start()
 
 async def spawn_for(seconds):
     spawned, until = 0, time.monotonic() + seconds
@@ -395,7 +402,11 @@ async def spawn_for(seconds):
         spawned += 1
     print(spawned)
 
-uvloop.run(spawn_for(float(sys.argv[2])))
+try:
+    uvloop.run(spawn_for(float(sys.argv[2])))
+finally:  # a daemon thread still in a matmul when the interpreter ends can crash it (SIGSEGV)
+    stop.set()
+    worker.join()
 """
 
 
