@@ -17,6 +17,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -124,6 +125,28 @@ async def answer_embeddings(request: Request, principal: Principal) -> Response:
         _record_failure(router, label, served_by, 500)
         raise
     latency_s = time.perf_counter() - started
+    return Response(
+        content=render_embeddings(payload, result),
+        media_type="application/json",
+        headers={
+            EMBEDDING_SPACE_HEADER: result.embedding_space,
+            CACHE_HEADER: f"{result.cached}/{len(result.vectors)}",
+        },
+        # counted once the response is sent: off the request's latency
+        background=BackgroundTask(
+            _count_success, router, metrics, label, served_by, result, latency_s
+        ),
+    )
+
+
+async def _count_success(
+    router: Router,
+    metrics: Metrics,
+    label: str,
+    served_by: ServedBy,
+    result: EmbeddingResult,
+    latency_s: float,
+) -> None:
     metrics.requests.labels(label, "200").inc()
     metrics.inputs.labels(label).inc(len(result.vectors))
     metrics.tokens.labels(label).inc(result.prompt_tokens)
@@ -136,14 +159,6 @@ async def answer_embeddings(request: Request, principal: Principal) -> Response:
             inputs=len(result.vectors),
             latency_s=latency_s,
         )
-    return Response(
-        content=render_embeddings(payload, result),
-        media_type="application/json",
-        headers={
-            EMBEDDING_SPACE_HEADER: result.embedding_space,
-            CACHE_HEADER: f"{result.cached}/{len(result.vectors)}",
-        },
-    )
 
 
 def _record_failure(router: Router, label: str, served_by: ServedBy, status: int) -> None:
