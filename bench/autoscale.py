@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from serving import (
     prepare_data_dir,
     progress,
     request_bodies,
+    run_in_data_dir,
     running_server,
 )
 
@@ -286,20 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="greenroom-autoscale-")) if temporary else args.data_dir
-    try:
-        run_benchmark(args, data_dir.expanduser().resolve())
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every process started here was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return 0
+    return run_in_data_dir(run_benchmark, args, "greenroom-autoscale-")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ import dataclasses
 import multiprocessing
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import serving
@@ -142,21 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="greenroom-overhead-")) if temporary else args.data_dir
-    data_dir = data_dir.expanduser().resolve()
-    try:
-        run(args, data_dir)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every process started here was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return 0
+    return serving.run_in_data_dir(run, args, "greenroom-overhead-")
 
 
 if __name__ == "__main__":

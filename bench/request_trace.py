@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,21 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    temporary = args.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="greenroom-trace-")) if temporary else args.data_dir
-    data_dir = data_dir.expanduser().resolve()
-    try:
-        run(args, data_dir)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every process started here was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if temporary:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    return 0
+    return serving.run_in_data_dir(run, args, "greenroom-trace-")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -1004,6 +1004,30 @@ def prepare_data_dir(data_dir: Path) -> None:
         removed.append(path.name)
     if removed:
         progress(f"removed {', '.join(removed)} from {data_dir} (kept the ONNX cache)")
+
+
+def run_in_data_dir(
+    run: Callable[[argparse.Namespace, Path], object],
+    args: argparse.Namespace,
+    prefix: str,
+) -> int:
+    """A bench's `main`: `run(args, data_dir)` in `args.data_dir`, or in a temporary directory
+    (removed afterwards) when none is given; the exit code, 1 after a BenchError (its message
+    printed) and 130 after Ctrl-C."""
+    temporary = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix)) if temporary else args.data_dir
+    try:
+        run(args, data_dir.expanduser().resolve())
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process started here was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
 
 
 def run_benchmark(args: argparse.Namespace, data_dir: Path) -> Report:
