@@ -139,6 +139,7 @@ async def answer_embeddings(request: Request, principal: Principal) -> Response:
     )
 
 
+# async: Starlette runs a plain function's background task in its threadpool, a hop per request
 async def _count_success(
     router: Router,
     metrics: Metrics,
